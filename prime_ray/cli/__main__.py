@@ -1,0 +1,3 @@
+from prime_ray.cli import main
+
+main()

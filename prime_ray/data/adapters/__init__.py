@@ -1,0 +1,1 @@
+"""Adapters from other sources into the native schema."""

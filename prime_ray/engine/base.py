@@ -1,0 +1,74 @@
+"""The generation engine interface: batched generation and batched log-likelihood scoring.
+
+Plain Python, no Ray: the Serve deployment wraps an engine, benchmarks and tests use it directly.
+Backends register themselves in ENGINES under a name (`hf`, `vllm`).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
+
+from prime_ray.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None  # same seed, prompts and batch -> same texts
+    stop: tuple[str, ...] = ()  # generation of a sequence ends after any of these strings
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # the completion only, without the prompt; cut after a stop string
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+class GenerationEngine(abc.ABC):
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """One completion per prompt, in order. Prompts are fully rendered text (chat template applied)."""
+
+    @abc.abstractmethod
+    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        """Sum of log p(continuation tokens | prompt) for each pair, in nats."""
+
+    def close(self) -> None:
+        """Free the model (GPU memory)."""
+
+
+ENGINES: dict[str, Callable[..., GenerationEngine]] = {}
+
+
+def register_engine(name: str):
+    def deco(factory):
+        ENGINES[name] = factory
+        return factory
+
+    return deco
+
+
+def create_engine(
+    model: ModelSpec,
+    *,
+    backend: str = "hf",
+    device: str = "auto",
+    adapter_path: str | None = None,
+    max_batch_size: int = 16,
+) -> GenerationEngine:
+    """Build an engine for `model`, optionally with a PEFT LoRA adapter applied (a trained student)."""
+    if backend == "hf":
+        import prime_ray.engine.hf  # noqa: F401
+    elif backend == "vllm":
+        import prime_ray.engine.vllm  # noqa: F401
+    if backend not in ENGINES:
+        raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(sorted(ENGINES)) or 'none'}")
+    return ENGINES[backend](model=model, device=device, adapter_path=adapter_path, max_batch_size=max_batch_size)

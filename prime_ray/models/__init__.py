@@ -1,0 +1,1 @@
+"""Model layer: loading, prompts for the three modes, the output parser."""

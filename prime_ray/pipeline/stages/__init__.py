@@ -1,0 +1,3 @@
+"""The built-in stages. Importing this package registers them, in pipeline order."""
+
+from prime_ray.pipeline.stages import ingest  # noqa: F401

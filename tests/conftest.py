@@ -1,0 +1,40 @@
+"""Shared test setup: caches inside the checkout, no downloads, one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PRIME_RAY_CACHE_DIR", str(ROOT / ".cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from prime_ray.paths import configure_environment  # noqa: E402
+
+configure_environment()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with 2 CPUs, shared by every test that needs one (starting Ray costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=300 * 1024 * 1024,
+            runtime_env={"env_vars": configure_environment()},
+            _temp_dir=os.environ["RAY_TMPDIR"],
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return ROOT / "tests" / "fixtures"
