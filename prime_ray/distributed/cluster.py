@@ -21,6 +21,7 @@ def ensure_ray(resources: ResourcesSpec, address: str | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         ray.init(
+            address="local",  # always a new embedded cluster, never one that `ray start` left running
             num_cpus=resources.num_cpus,
             num_gpus=resources.num_gpus,
             runtime_env=runtime_env,
