@@ -283,7 +283,14 @@ class TrainSpec(_Strict):
     max_length: int = Field(512, gt=0, description="Tokens per sequence; truncation never cuts the answer.")
     packing: bool = Field(False, description="Pack sequences into max_length budgets (no cross-attention).")
     num_workers: int = Field(2, gt=0)
+    num_cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves per training worker (fractions let workers share cores)."
+    )
     use_gpu: bool = False
+    zero3_param_persistence_threshold: int | None = Field(
+        None, ge=0, description="ZeRO-3: parameters smaller than this many elements stay whole on every "
+        "worker (None: DeepSpeed's default); 0 partitions every parameter.",
+    )
     checkpoint_every_steps: int = Field(20, gt=0)
     log_every_steps: int = Field(5, gt=0)
     max_failures: int = Field(2, ge=0, description="Worker failures survived by restarting from the last checkpoint.")
