@@ -18,6 +18,7 @@ Rules that decide the numbers (docs/evaluation.md says the same for readers of a
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -173,8 +174,12 @@ def mrr(ranks: Sequence[int | None]) -> float:
 # ----------------------------------------------------------------------------- thinking health
 
 
+_WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+
+
 def words(text: str | None) -> list[str]:
-    return (text or "").lower().split()
+    """Lowercased words without punctuation, so "great." and "great" are the same word."""
+    return _WORD.findall((text or "").lower())
 
 
 def repetition_rate(text: str | None, n: int = REPETITION_N) -> float | None:
