@@ -1,17 +1,84 @@
 """Prompts for the three modes, rendered with the model's chat template, and the completions the
-student is trained on. (Interface; the model-layer work fills it in.)
+student is trained on.
 
 Completion format (what G is asked to write, what the student learns, what the parser reads):
     direct:                    "Answer: <answer>"
     think / personal-think:    "<think>\n<reasoning>\n</think>\nAnswer: <answer>"
+
+The answer is written the way the parser returns it: a label of the set, a number, the text, or — for
+ranking — the chosen candidate's text (the candidates are numbered in the prompt; the parser also
+accepts the number and maps it back to the text).
+
+Prompts are short on purpose: the default generalist is a 135M model on CPU and the test model has a
+small context.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from prime_ray.data.schema import Item
 from prime_ray.spec import PromptMode, PromptTemplates, TaskSpec
+
+__all__ = [
+    "THINK_OPEN",
+    "THINK_CLOSE",
+    "ANSWER_PREFIX",
+    "completion_text",
+    "render_profile_prompt",
+    "render_prompt",
+    "task_answer_instruction",
+]
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+ANSWER_PREFIX = "Answer:"
+
+# Long inputs (reviews, posts) are cut in the prompt so a handful of episodes fits a small context.
+DEFAULT_MAX_ITEM_CHARS = 300
+
+_THINK_INSTRUCTION = {
+    PromptMode.think: "Think step by step inside <think> and </think>, then answer.",
+    PromptMode.personal_think: (
+        "Inside <think> and </think>, reason about what this user's profile and past items say about "
+        "this input, then answer."
+    ),
+}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def task_answer_instruction(task: TaskSpec) -> str:
+    """What the answer must look like for the task, as one sentence."""
+    if task.kind == "label":
+        return "Answer with exactly one of these labels: " + ", ".join(task.labels) + "."
+    if task.kind == "rating":
+        kind = "a whole number" if task.integer else "a number"
+        return f"Answer with {kind} from {_number(task.min)} to {_number(task.max)}."
+    if task.kind == "ranking":
+        return "Answer with the text of the one candidate this user would choose."
+    return "Answer with the text only."
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _candidates_block(candidates: Sequence[str], limit: int) -> str:
+    return "Candidates:\n" + "\n".join(f"[{i}] {_clip(c, limit)}" for i, c in enumerate(candidates, 1))
+
+
+def _episodes_block(episodes: Sequence[Item], limit: int) -> str:
+    lines = [f"- {_clip(item.input, limit)} -> {_clip(item.output, limit)}" for item in episodes]
+    return "This user's past items (input -> their output):\n" + "\n".join(lines)
+
+
+def _chat(tokenizer, system: str, user: str) -> str:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render_prompt(
@@ -25,20 +92,68 @@ def render_prompt(
     profile: str | None = None,
     episodes: Sequence[Item] = (),
     hint: str | None = None,
+    max_item_chars: int = DEFAULT_MAX_ITEM_CHARS,
 ) -> str:
     """The full prompt text (chat template applied, generation prompt added) for one example.
 
     `profile` and `episodes` are used only in personal-think mode. `hint` (the gold answer) makes it a
-    rationalization prompt: write the reasoning from this user's memory that leads to this answer.
+    rationalization prompt: write the reasoning (from this user's memory in personal-think) that leads
+    to this answer, without saying the answer was given. A hint needs a think mode.
     """
-    raise NotImplementedError
+    mode = PromptMode(mode)
+    if hint is not None and mode == PromptMode.direct:
+        raise ValueError("a hint (rationalization) needs a think mode, not 'direct'")
+    parts = [templates.instruction]
+    if mode == PromptMode.personal_think:
+        if profile:
+            parts.append(f"About this user: {profile.strip()}")
+        if episodes:
+            parts.append(_episodes_block(episodes, max_item_chars))
+    parts.append(f"Input: {query_input.strip()}")
+    if candidates:
+        parts.append(_candidates_block(candidates, max_item_chars))
+    if hint is not None:
+        source = "this user's profile and past items" if mode == PromptMode.personal_think else "the input"
+        parts.append(
+            f"This user's real answer is: {hint.strip()}\n"
+            f"Inside <think> and </think>, write the reasoning from {source} that leads to this answer, "
+            "as if you worked it out yourself. Do not say that the answer was given to you. "
+            "Then answer."
+        )
+    elif mode != PromptMode.direct:
+        parts.append(_THINK_INSTRUCTION[mode])
+    parts.append(task_answer_instruction(task))
+    parts.append(templates.answer_format)
+    return _chat(tokenizer, templates.system, "\n\n".join(parts))
 
 
-def render_profile_prompt(tokenizer, *, templates: PromptTemplates, history: Sequence[Item], profile_fields: dict) -> str:
-    """Ask G for a short summary of the user's tastes from their history (semantic memory)."""
-    raise NotImplementedError
+def render_profile_prompt(
+    tokenizer,
+    *,
+    templates: PromptTemplates,
+    history: Sequence[Item],
+    profile_fields: Mapping[str, Any],
+    max_item_chars: int = DEFAULT_MAX_ITEM_CHARS,
+) -> str:
+    """Ask G for a short summary of the user's tastes from their history (semantic memory).
+
+    The completion is the summary itself (no think block, no answer line).
+    """
+    parts = []
+    if profile_fields:
+        parts.append("About this user: " + ", ".join(f"{k}: {v}" for k, v in profile_fields.items()))
+    if history:
+        parts.append(_episodes_block(history, max_item_chars))
+    parts.append(
+        "Summarize this user's tastes and habits in two or three sentences. "
+        "Write only the summary."
+    )
+    return _chat(tokenizer, templates.system, "\n\n".join(parts))
 
 
 def completion_text(answer: str, trace: str | None = None) -> str:
     """The target completion: `Answer: y`, or the think block then `Answer: y`."""
-    raise NotImplementedError
+    answer_line = f"{ANSWER_PREFIX} {answer.strip()}"
+    if trace is None:
+        return answer_line
+    return f"{THINK_OPEN}\n{trace.strip()}\n{THINK_CLOSE}\n{answer_line}"

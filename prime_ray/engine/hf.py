@@ -1,0 +1,203 @@
+"""The transformers backend: batched generation with a KV cache, and batched log-likelihood scoring.
+
+- Generation left-pads each chunk of at most `max_batch_size` prompts (sorted by length, so a chunk
+  holds prompts of similar length) and calls `model.generate` with the KV cache. Temperature 0 is
+  greedy; otherwise sampling with `temperature`/`top_p` (no top-k), seeded once per call from
+  `params.seed` inside a forked RNG, so the same seed, prompts and batch give the same texts and the
+  caller's global RNG is left alone.
+- A sequence ends at EOS or at a stop string; its text is cut right after the first stop string.
+- Scoring right-pads prompt + continuation, computes logits only at the continuation positions, and
+  sums the continuation tokens' log-probabilities.
+- Prompts are already rendered with the chat template: they are tokenized without special tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine
+from prime_ray.models.loading import load_model
+from prime_ray.spec import ModelSpec
+
+__all__ = ["HFEngine", "resolve_device"]
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is CUDA when available, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _chunks(order: list[int], size: int):
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
+
+
+@register_engine("hf")
+class HFEngine(GenerationEngine):
+    """A Hugging Face causal LM, optionally with a PEFT LoRA adapter merged in."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        *,
+        model: ModelSpec,
+        device: str = "auto",
+        adapter_path: str | None = None,
+        max_batch_size: int = 16,
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.device = resolve_device(device)
+        self.model_spec = model
+        self.max_batch_size = max_batch_size
+        self.model, self.tokenizer = load_model(model, device=self.device)
+        if adapter_path is not None:
+            self.model = _apply_adapter(self.model, adapter_path)
+        self.eos_token_ids = _eos_ids(self.model, self.tokenizer)
+        self.pad_token_id = self.tokenizer.pad_token_id
+
+    # ------------------------------------------------------------------------------- generate
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _generation_kwargs(self, params: SamplingParams) -> dict:
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+        )
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def _finish(self, prompt_len: int, new_ids: list[int], stop: tuple[str, ...]) -> Generation:
+        """Text, token count and finish reason of one generated row (padding after its end dropped)."""
+        eos = set(self.eos_token_ids)
+        end = next((i + 1 for i, t in enumerate(new_ids) if t in eos), None)
+        ids = new_ids if end is None else new_ids[:end]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = min((text.find(s) + len(s) for s in stop if s in text), default=None)
+        if cut is not None:
+            text = text[:cut]
+            ids = ids[: self._tokens_covering(ids, text)]
+            reason = "stop"
+        else:
+            reason = "stop" if end is not None else "length"
+        return Generation(text=text, prompt_tokens=prompt_len, completion_tokens=len(ids), finish_reason=reason)
+
+    def _tokens_covering(self, ids: list[int], text: str) -> int:
+        """The fewest leading tokens of `ids` whose decoding contains `text` (binary search)."""
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= len(text):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        if not prompts:
+            return []
+        encoded = self._encode(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        kwargs = self._generation_kwargs(params)
+        results: list[Generation | None] = [None] * len(prompts)
+        with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for chunk in _chunks(order, self.max_batch_size):
+                ids, mask = self._left_pad([encoded[i] for i in chunk])
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                new = out[:, ids.shape[1] :].tolist()
+                for row, index in enumerate(chunk):
+                    results[index] = self._finish(len(encoded[index]), new[row], params.stop)
+        return results  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------------------------- score
+
+    @torch.inference_mode()
+    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        if len(prompts) != len(continuations):
+            raise ValueError(f"score needs one continuation per prompt: {len(prompts)} prompts, {len(continuations)} continuations")
+        if not prompts:
+            return []
+        # Separate tokenization keeps the prompt's tokens exactly as generation sees them.
+        heads, tails = self._encode(prompts), self._encode(continuations)
+        order = sorted(range(len(prompts)), key=lambda i: len(heads[i]) + len(tails[i]))
+        scores = [0.0] * len(prompts)
+        for chunk in _chunks(order, self.max_batch_size):
+            chunk = [i for i in chunk if tails[i]]  # an empty continuation has log-likelihood 0
+            if chunk:
+                for index, value in zip(chunk, self._score_chunk([heads[i] for i in chunk], [tails[i] for i in chunk])):
+                    scores[index] = value
+        return scores
+
+    def _score_chunk(self, heads: list[list[int]], tails: list[list[int]]) -> list[float]:
+        rows = [h + t for h, t in zip(heads, tails)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # right padding: positions are the natural 0..n-1
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        # Logits only where a continuation token is predicted: position p predicts token p + 1.
+        first = max(min(len(h) for h in heads) - 1, 0)
+        keep = torch.arange(first, width - 1)
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=keep.to(self.device)
+        ).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        targets = ids[:, first + 1 :].to(self.device)
+        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        positions = torch.arange(first + 1, width, device=self.device)
+        starts = torch.tensor([len(h) for h in heads], device=self.device).unsqueeze(1)
+        ends = torch.tensor([len(r) for r in rows], device=self.device).unsqueeze(1)
+        in_tail = (positions >= starts) & (positions < ends)
+        return torch.where(in_tail, token_lp, torch.zeros_like(token_lp)).sum(-1).tolist()
+
+    def close(self) -> None:
+        del self.model
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _apply_adapter(model, adapter_path: str):
+    """Merge a PEFT LoRA adapter into the base weights (faster generation than an unmerged adapter)."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    if not (Path(adapter_path) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no PEFT adapter at {adapter_path} (adapter_config.json missing)")
+    return PeftModel.from_pretrained(model, adapter_path).merge_and_unload().eval()
