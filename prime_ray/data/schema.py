@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class _Row(BaseModel):
@@ -26,6 +26,21 @@ class Item(_Row):
     output: str = Field(..., description="The user's output: a rating, a label, a text, or the chosen candidate.")
     timestamp: int | None = None
     candidates: list[str] | None = Field(None, description="Ranking tasks: the options; `output` is one of them.")
+
+    @field_validator("candidates")
+    @classmethod
+    def _output_is_a_candidate(cls, candidates: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # A ranking item whose answer is not among its options can never be scored: reject it at the row.
+        if candidates is None:
+            return None
+        if not candidates:
+            raise ValueError("must not be empty (leave it out for items that are not ranked)")
+        if len(set(candidates)) != len(candidates):
+            raise ValueError("candidates must be distinct")
+        output = info.data.get("output")
+        if output is not None and output not in candidates:
+            raise ValueError(f"the output {_short(output)} is not among the {len(candidates)} candidates")
+        return candidates
 
 
 class UserRecord(_Row):
@@ -54,3 +69,7 @@ class Example(_Row):
     candidates: list[str] | None = None
     timestamp: int | None = None
     memory_ids: list[str]  # ids of the user's history items this example may draw memory from
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")

@@ -1,0 +1,99 @@
+"""The example builder: users in, the job's users (with roles) and its examples out. Deterministic for a seed.
+
+1. `max_users`: a seeded choice of users; `max_history`: each user keeps their latest n history items
+   (by timestamp when every item has one, else the last n in file order).
+2. Users are split into training users and held-out users (`split.held_out_users`, seeded; with two
+   or more users and a non-zero share, at least one of each).
+3. Training users give `train` examples, leave-one-out: each history item is a query whose memory
+   pool is the rest of that user's history, earlier and later items alike, as in the method
+   (a user's memory at test time is their whole history; the memory stage picks episodes from the
+   pool). `max_train_examples_per_user` keeps a seeded choice of them. Their queries are `test_query`
+   examples, with the whole history as memory.
+4. Held-out users give only `test_user` examples (their queries, whole history as memory): the
+   student never trains on them.
+
+Every random choice has its own stream (`random.Random(f"{seed}:<what>")`), so changing one knob
+does not reshuffle the others, and user ids are sorted before any choice, so the file's row order
+does not matter.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from prime_ray.data.schema import Example, Item, UserRecord
+from prime_ray.spec import DataSpec
+
+Role = Literal["train", "test_user"]
+
+
+@dataclass(frozen=True)
+class ExampleSet:
+    users: list[UserRecord]  # the users the job uses, as it uses them (history cut to max_history)
+    roles: dict[str, Role]
+    examples: list[Example]
+
+    def count(self, split: str) -> int:
+        return sum(example.split == split for example in self.examples)
+
+
+def latest(items: Sequence[Item], n: int | None) -> list[Item]:
+    """The latest n items, oldest first: by timestamp when all have one, else the last n as given."""
+    items = list(items)
+    if all(item.timestamp is not None for item in items):
+        items.sort(key=lambda item: item.timestamp)
+    return items if n is None else items[-n:]
+
+
+def _example(user: UserRecord, item: Item, split: str, memory: list[str]) -> Example:
+    return Example(
+        example_id=f"{user.user_id}/{item.id}",
+        user_id=user.user_id,
+        split=split,
+        input=item.input,
+        output=item.output,
+        candidates=item.candidates,
+        timestamp=item.timestamp,
+        memory_ids=memory,
+    )
+
+
+def held_out_count(users: int, share: float) -> int:
+    """How many users are held out: the share, rounded, but at least one of each role when possible."""
+    count = round(users * share)
+    if share > 0 and users >= 2:
+        count = min(max(count, 1), users - 1)
+    return count
+
+
+def build_examples(users: Sequence[UserRecord], data: DataSpec, seed: int) -> ExampleSet:
+    ids = sorted(user.user_id for user in users)
+    if data.max_users is not None and len(ids) > data.max_users:
+        ids = sorted(random.Random(f"{seed}:users").sample(ids, data.max_users))
+    kept = set(ids)
+    chosen = [user for user in users if user.user_id in kept]
+    if data.max_history is not None:
+        chosen = [user.model_copy(update={"history": latest(user.history, data.max_history)}) for user in chosen]
+
+    shuffled = list(ids)
+    random.Random(f"{seed}:split").shuffle(shuffled)
+    held_out = set(shuffled[: held_out_count(len(shuffled), data.split.held_out_users)])
+    roles: dict[str, Role] = {user.user_id: "test_user" if user.user_id in held_out else "train" for user in chosen}
+
+    examples: list[Example] = []
+    for user in chosen:
+        history_ids = [item.id for item in user.history]
+        if roles[user.user_id] == "test_user":
+            examples += [_example(user, query, "test_user", history_ids) for query in user.queries]
+            continue
+        positions = range(len(user.history))
+        limit = data.max_train_examples_per_user
+        if limit is not None and len(positions) > limit:
+            positions = sorted(random.Random(f"{seed}:train:{user.user_id}").sample(positions, limit))
+        for i in positions:
+            memory = history_ids[:i] + history_ids[i + 1:]
+            examples.append(_example(user, user.history[i], "train", memory))
+        examples += [_example(user, query, "test_query", history_ids) for query in user.queries]
+    return ExampleSet(users=chosen, roles=roles, examples=examples)

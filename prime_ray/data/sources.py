@@ -1,0 +1,97 @@
+"""One entry point for every data source: the job spec's `data.source`, or a CLI argument naming one."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prime_ray.data.adapters.lamp import read_lamp
+from prime_ray.data.adapters.movielens import FILES as MOVIELENS_FILES
+from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, read_movielens
+from prime_ray.data.adapters.threads import read_threads
+from prime_ray.data.jsonl import read_jsonl
+from prime_ray.data.validation import LoadResult
+from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, ThreadsSource
+
+SOURCE_FORMS = (
+    "movielens-100k (ratings), movielens-100k:genre, a directory holding ml-100k.{inter,item,user}, "
+    "a .jsonl file (native; --format threads for threads), lamp:QUESTIONS.json,OUTPUTS.json"
+)
+
+
+def load_source(source: DataSource, spec: DataSpec | None = None, *, seed: int = 0) -> LoadResult:
+    """The valid users of `source` and a problem for every bad row.
+
+    With `spec`, outputs are also checked against its task and MovieLens queries follow its split;
+    `seed` drives MovieLens's random query choice (`split.query_order: random`).
+    Raises DataError when the source cannot be read at all.
+    """
+    task = spec.task if spec is not None else None
+    if isinstance(source, JsonlSource):
+        return read_jsonl(source.path, task)
+    if isinstance(source, ThreadsSource):
+        return read_threads(source.path, task)
+    if isinstance(source, LampSource):
+        return read_lamp(source.questions, source.outputs, task)
+    if isinstance(source, MovieLensSource):
+        split = spec.split if spec is not None else None
+        return read_movielens(source.path, source.task, split, seed, task)
+    raise TypeError(f"unknown data source {source!r}")
+
+
+def parse_source_arg(text: str, format: str | None = None) -> DataSource:
+    """A source named on the command line (see SOURCE_FORMS); `format` picks `threads` for a .jsonl file."""
+    name, _, option = text.partition(":")
+    if name == "movielens-100k":
+        if option not in ("", "rating", "genre"):
+            raise ValueError(f"unknown MovieLens task {option!r}: use movielens-100k or movielens-100k:genre")
+        return MovieLensSource(task=option or "rating")
+    if name == "lamp":
+        questions, comma, outputs = option.partition(",")
+        if not (questions and comma and outputs):
+            raise ValueError("a LaMP source is lamp:QUESTIONS.json,OUTPUTS.json")
+        return LampSource(questions=questions, outputs=outputs)
+    path = Path(text)
+    if path.is_dir():
+        return MovieLensSource(path=text)
+    if format == "threads":
+        return ThreadsSource(path=text)
+    if format not in (None, "jsonl"):
+        raise ValueError(f"unknown format {format!r}: use jsonl or threads")
+    if path.suffix == ".jsonl":
+        return JsonlSource(path=text)
+    raise ValueError(f"cannot tell what {text!r} is; a source is one of: {SOURCE_FORMS}")
+
+
+def source_fingerprint(source: DataSource) -> dict[str, str]:
+    """What the data behind a source is: a sha256 per file, so edited data counts as a new input.
+
+    MovieLens without a path is the pinned recbole wheel's copy, named by its requirement.
+    """
+    if isinstance(source, (JsonlSource, ThreadsSource)):
+        files = [Path(source.path)]
+    elif isinstance(source, LampSource):
+        files = [Path(source.questions), Path(source.outputs)]
+    elif source.path is not None:
+        files = [Path(source.path) / name for name in MOVIELENS_FILES]
+    else:
+        return {"movielens-100k": RECBOLE_REQUIREMENT}
+    return {str(path): _digest(path) if path.is_file() else "missing" for path in files}
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_source(source: DataSource) -> str:
+    """A source as a person would name it in a message."""
+    if isinstance(source, MovieLensSource):
+        where = f" at {source.path}" if source.path else ""
+        return f"movielens-100k ({source.task}){where}"
+    if isinstance(source, LampSource):
+        return f"LaMP {source.questions} + {source.outputs}"
+    return f"{source.format} {source.path}"

@@ -1,0 +1,195 @@
+"""Row validation shared by every reader: problems that name the file, line, field and what was expected.
+
+A reader hands each user document (one JSON line, one LaMP question, one author's threads) to a
+`RowValidator`. A document with any problem is rejected whole and reported; the others are kept, so
+one bad row never costs the good ones. Checks: the native schema (schema.py), duplicate user ids
+across rows, duplicate item ids within a user (history and queries share one id space, because
+example ids are `user/item`), and, when a task is given, whether each output fits it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from prime_ray.data.schema import Item, UserRecord
+from prime_ray.spec import LabelTask, RankingTask, RatingTask, TaskSpec, TextTask
+
+
+class DataError(ValueError):
+    """A source that cannot be read at all (missing file, unreachable download); rows are never at fault."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad row: `file:line: field: message`. `line` is None where the format has no lines (JSON arrays)."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadResult:
+    """The valid users of a source, in source order, and every problem found on the way."""
+
+    users: list[UserRecord] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def json_type(value: Any) -> str:
+    """A value's type as JSON names it, for messages ("expected a string, got number 4")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+_EXPECTED = {
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected a whole number",
+    "list_type": "expected a list",
+    "dict_type": "expected an object",
+    "model_type": "expected an object",
+    "model_attributes_type": "expected an object",
+}
+
+
+def describe_error(error: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error as (dotted field path, message in the words of the data's author)."""
+    path = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return path, "field required"
+    if kind == "extra_forbidden":
+        return path, "unknown field"
+    if kind == "string_too_short":
+        return path, "must not be empty"
+    if kind in _EXPECTED:
+        value = error.get("input")
+        return path, f"{_EXPECTED[kind]}, got {json_type(value)} {_shown(value)}"
+    message = error["msg"]
+    return path, message.removeprefix("Value error, ")
+
+
+def task_problem(item: Item, task: TaskSpec) -> tuple[str, str] | None:
+    """Whether an item's output fits the job's task; (field, message) when it does not."""
+    if isinstance(task, RatingTask):
+        try:
+            value = float(item.output)
+        except ValueError:
+            return "output", f"expected a rating from {task.min:g} to {task.max:g}, got {_shown(item.output)}"
+        if not math.isfinite(value) or not task.min <= value <= task.max:
+            return "output", f"rating {item.output} is outside {task.min:g}..{task.max:g}"
+        if task.integer and value != int(value):
+            return "output", f"expected a whole-number rating, got {item.output}"
+    elif isinstance(task, LabelTask):
+        if item.output.strip().lower() not in {label.strip().lower() for label in task.labels}:
+            shown = ", ".join(task.labels[:8]) + (", …" if len(task.labels) > 8 else "")
+            return "output", f"{_shown(item.output)} is not one of the task's labels ({shown})"
+    elif isinstance(task, RankingTask):
+        if item.candidates is None or len(item.candidates) < 2:
+            return "candidates", "a ranking task needs at least 2 candidates per item"
+    elif isinstance(task, TextTask):
+        if not item.output.strip():
+            return "output", "a text task needs a non-empty output"
+    return None
+
+
+class RowValidator:
+    """Validates user documents one row at a time, remembering user ids across rows.
+
+    `file` names the source in problems; `rename` maps a native field path (`history.2.output`) to
+    the same place in the source's own format (`threads.2.replies`), so a problem points at what its
+    author wrote.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        task: TaskSpec | None = None,
+        rename: Callable[[str], str] | None = None,
+    ):
+        self.file = file
+        self.task = task
+        self.rename = rename or (lambda path: path)
+        self.result = LoadResult()
+        self._first_seen: dict[str, int | str | None] = {}
+
+    def problem(self, line: int | None, path: str, message: str) -> None:
+        self.result.problems.append(Problem(self.file, line, path, message))
+
+    def _native_path(self, at: str, path: str) -> str:
+        return at + self.rename(path)
+
+    def add(self, document: Any, *, line: int | None = None, at: str = "") -> UserRecord | None:
+        """Validate one user document; keep it when it is sound, else record why and drop it.
+
+        `at` prefixes field paths where the row has no line of its own (e.g. `12.` for a JSON array).
+        """
+        if not isinstance(document, dict):
+            self.problem(line, at.rstrip("."), f"expected a JSON object (one user), got {json_type(document)}")
+            return None
+        try:
+            user = UserRecord.model_validate(document)
+        except ValidationError as e:
+            for error in e.errors():
+                path, message = describe_error(error)
+                self.problem(line, self._native_path(at, path), message)
+            return None
+
+        found = self._check(user, line, at)
+        if found:
+            return None
+        self._first_seen[user.user_id] = line if line is not None else at.rstrip(".")
+        self.result.users.append(user)
+        return user
+
+    def _check(self, user: UserRecord, line: int | None, at: str) -> bool:
+        before = len(self.result.problems)
+        if user.user_id in self._first_seen:
+            first = self._first_seen[user.user_id]
+            where = f"on line {first}" if isinstance(first, int) else f"at {first}"
+            self.problem(line, self._native_path(at, "user_id"), f"duplicate user id {user.user_id!r} (first {where})")
+        seen: dict[str, str] = {}
+        for part in ("history", "queries"):
+            for index, item in enumerate(getattr(user, part)):
+                path = f"{part}.{index}"
+                if item.id in seen:
+                    self.problem(line, self._native_path(at, f"{path}.id"),
+                                 f"duplicate item id {item.id!r} (also {self._native_path(at, seen[item.id])})")
+                else:
+                    seen[item.id] = path
+                if self.task is not None:
+                    wrong = task_problem(item, self.task)
+                    if wrong is not None:
+                        self.problem(line, self._native_path(at, f"{path}.{wrong[0]}"), wrong[1])
+        return len(self.result.problems) > before
+
