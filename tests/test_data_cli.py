@@ -79,10 +79,11 @@ def test_parse_source_arg(fixtures_dir):
     assert parse_source_arg(folder) == MovieLensSource(path=folder)
     assert parse_source_arg("users.jsonl") == JsonlSource(path="users.jsonl")
     assert parse_source_arg("t.jsonl", "threads") == ThreadsSource(path="t.jsonl")
+    assert parse_source_arg("users.json", "jsonl") == JsonlSource(path="users.json")
     assert parse_source_arg("lamp:q.json,o.json") == LampSource(questions="q.json", outputs="o.json")
-    for bad in ("lamp:q.json", "data.csv"):
+    for bad, format in (("lamp:q.json", None), ("data.csv", None), ("u.jsonl", "csv")):
         with pytest.raises(ValueError):
-            parse_source_arg(bad)
+            parse_source_arg(bad, format)
 
 
 def test_fingerprint_follows_the_file_content(tmp_path):

@@ -58,7 +58,7 @@ def parse_source_arg(text: str, format: str | None = None) -> DataSource:
         return ThreadsSource(path=text)
     if format not in (None, "jsonl"):
         raise ValueError(f"unknown format {format!r}: use jsonl or threads")
-    if path.suffix == ".jsonl":
+    if format == "jsonl" or path.suffix == ".jsonl":
         return JsonlSource(path=text)
     raise ValueError(f"cannot tell what {text!r} is; a source is one of: {SOURCE_FORMS}")
 
