@@ -1,0 +1,67 @@
+"""Semantic memory: a short summary of each user's tastes, written once by the generalist.
+
+Profiles are decoded greedily, so the same model and history always give the same profile, and they
+are cached per user in the memory table (every example of a user shares it).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol, Sequence
+
+from prime_ray.data.schema import Item, UserRecord
+from prime_ray.engine.base import Generation, SamplingParams
+from prime_ray.models.prompts import render_profile_prompt
+from prime_ray.spec import MemorySpec, PromptTemplates
+
+
+class Generalist(Protocol):
+    """What memory and trace synthesis need from G: an engine, or the Serve deployment's handle."""
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]: ...
+
+    def score(self, prompts: list[str], continuations: list[str]) -> list[float]: ...
+
+
+def latest_items(history: Sequence[Item], n: int) -> list[Item]:
+    """The user's latest n items in time order (history order where timestamps are missing)."""
+    order = sorted(
+        range(len(history)),
+        key=lambda i: (history[i].timestamp is None, history[i].timestamp or 0, i),
+    )
+    return [history[i] for i in order[-n:]]
+
+
+def profile_params(memory: MemorySpec, seed: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=memory.profile_max_new_tokens, temperature=0.0, seed=seed)
+
+
+def profile_prompt(tokenizer, user: UserRecord, templates: PromptTemplates, memory: MemorySpec) -> str:
+    return render_profile_prompt(
+        tokenizer,
+        templates=templates,
+        history=latest_items(user.history, memory.profile_history_items),
+        profile_fields=user.profile,
+    )
+
+
+def clean_profile(text: str) -> str:
+    """The summary as one paragraph: a think block, stray think tags and blank runs removed."""
+    text = re.sub(r"<think>.*?</think>", " ", text, flags=re.DOTALL)
+    text = re.sub(r"</?think>", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def write_profiles(
+    generalist: Generalist,
+    tokenizer,
+    users: Sequence[UserRecord],
+    templates: PromptTemplates,
+    memory: MemorySpec,
+    seed: int,
+) -> tuple[dict[str, str], list[Generation]]:
+    """user_id -> profile for every user with a history (one generalist call for all of them)."""
+    with_history = [u for u in users if u.history]
+    prompts = [profile_prompt(tokenizer, u, templates, memory) for u in with_history]
+    generations = generalist.generate(prompts, profile_params(memory, seed)) if prompts else []
+    return {u.user_id: clean_profile(g.text) for u, g in zip(with_history, generations)}, generations

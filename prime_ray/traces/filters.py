@@ -1,0 +1,130 @@
+"""The verification filters for synthesized traces, as pure functions with one verdict each.
+
+A verdict is True when the trace passes. Every verdict is computed for every trace and stored, so the
+statistics can say how many traces each filter removed; `keep` then applies the ones the spec turns on.
+
+    parsed       the output has a reasoning block and an answer the parser reads
+    answer_match the answer reached WITHOUT the hint is the gold one (labels, ratings, candidates)
+    leaked_hint  the trace does not say that the answer was given, nor open by stating it
+    repetition   the share of repeated word 3-grams is at most `max_repetition` (degenerate loops)
+    length       the trace has between `min_trace_words` and `max_trace_words` words
+    gain         free text: log p(y | x, trace) − log p(y | x) > 0 and among the best `text_keep_top`
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from prime_ray.spec import TaskSpec, TraceFilters
+
+FILTERS = ("parsed", "answer_match", "leaked_hint", "repetition", "length", "gain")
+
+# Phrases with which a rationalization gives away that it was handed the answer.
+_LEAK_PATTERNS = [
+    r"\bthe\s+hint\b",
+    r"\bhint(ed|s)?\s+(says|is|that|of)\b",
+    r"\b(answer|rating|label|output)\s+(is|was|has\s+been)\s+(already\s+)?(given|provided|known|told)\b",
+    r"\bgiven\s+(the\s+)?(answer|rating|label|output)\b",
+    r"\b(answer|rating|label)\s+(given|provided)\b",
+    r"\bas\s+(provided|given)\b",
+    r"\bwe\s+(are|were|have\s+been)\s+told\b",
+    r"\b(i|we)\s+(am|are|was|were)\s+(given|told)\s+(that\s+)?(the\s+)?(answer|rating|label)\b",
+    r"\b(expected|target|gold)\s+(answer|rating|label|output)\b",
+]
+_LEAK_RE = re.compile("|".join(_LEAK_PATTERNS), re.IGNORECASE)
+_WORD_RE = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def words(text: str) -> list[str]:
+    return _WORD_RE.findall(text.lower())
+
+
+def repetition_rate(text: str, n: int = 3) -> float:
+    """Share of word n-grams that repeat an earlier one: 0 for fresh text, near 1 for a loop."""
+    tokens = words(text)
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def mentions_hint(trace: str) -> bool:
+    return _LEAK_RE.search(trace) is not None
+
+
+def opens_with_answer(trace: str, gold: str) -> bool:
+    """The first sentence states the gold answer as the answer ("The answer is 4.", "Answer: drama").
+
+    Reasoning that starts from its conclusion was copied from the hint, not derived from the memory.
+    """
+    first = _SENTENCE_END_RE.split(trace.strip(), maxsplit=1)[0]
+    gold = re.escape(gold.strip())
+    if not gold:
+        return False
+    pattern = rf"\b(answer|rating|label|prediction)\b\W*(?:\w+\W+){{0,3}}?(is|:|=|would\s+be|will\s+be)\W*{gold}(?!\w)"
+    return re.search(pattern, first, re.IGNORECASE) is not None
+
+
+def leaks_hint(trace: str, gold: str) -> bool:
+    return mentions_hint(trace) or opens_with_answer(trace, gold)
+
+
+def verdicts(
+    *,
+    trace: str | None,
+    answer_ok: bool | None,
+    gold: str,
+    filters: TraceFilters,
+) -> dict[str, bool]:
+    """The verdicts that need no ranking against sibling traces (all but `gain`).
+
+    `trace` is None when the output could not be parsed; `answer_ok` is whether the answer reached
+    without the hint is right (None when it could not be checked, e.g. free text).
+    """
+    if trace is None:
+        return {"parsed": False, "answer_match": False, "leaked_hint": False, "repetition": False, "length": False}
+    count = len(words(trace))
+    return {
+        "parsed": True,
+        "answer_match": bool(answer_ok),
+        "leaked_hint": not leaks_hint(trace, gold),
+        "repetition": repetition_rate(trace) <= filters.max_repetition,
+        "length": filters.min_trace_words <= count <= filters.max_trace_words,
+    }
+
+
+def applied_filters(task: TaskSpec, filters: TraceFilters) -> tuple[str, ...]:
+    """The filters a trace must pass to be kept, in the order the statistics count them."""
+    exact = task.kind != "text"
+    on = {
+        "parsed": True,
+        "answer_match": exact and filters.answer_match,
+        "leaked_hint": filters.leaked_hint,
+        "repetition": True,
+        "length": True,
+        "gain": not exact,
+    }
+    return tuple(name for name in FILTERS if on[name])
+
+
+def rank_by_gain(gains: Sequence[float | None], eligible: Sequence[bool], keep_top: int) -> list[bool]:
+    """Free text: among one example's eligible traces, the `keep_top` with the largest positive gain."""
+    candidates = [i for i, (g, ok) in enumerate(zip(gains, eligible)) if ok and g is not None and g > 0]
+    best = set(sorted(candidates, key=lambda i: (-gains[i], i))[:keep_top])
+    return [i in best for i in range(len(gains))]
+
+
+def keep(verdict: dict[str, bool], task: TaskSpec, filters: TraceFilters) -> bool:
+    return all(verdict.get(name, False) for name in applied_filters(task, filters))
+
+
+def survivors_after_each(all_verdicts: Sequence[dict[str, bool]], order: Sequence[str]) -> dict[str, int]:
+    """How many traces are left after each filter, applied in `order` (the funnel of the statistics)."""
+    left = list(all_verdicts)
+    counts: dict[str, int] = {}
+    for name in order:
+        left = [v for v in left if v.get(name, False)]
+        counts[name] = len(left)
+    return counts

@@ -1,0 +1,42 @@
+"""The statistics of a trace synthesis run, from its rows (so a resumed run counts every user)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from prime_ray.spec import TaskSpec, TraceFilters
+from prime_ray.traces.filters import applied_filters, survivors_after_each
+
+
+def trace_stats(rows: Sequence[dict[str, Any]], task: TaskSpec, filters: TraceFilters) -> tuple[dict[str, int], dict[str, Any]]:
+    """(counts, metrics): examples, traces generated, the survivors after each filter, kept, tokens."""
+    examples: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        examples.setdefault(row["example_id"], row)
+    generated = [r for r in rows if r["raw_text"] is not None]
+    judged = [r["verdicts"] for r in generated if r["verdicts"] is not None]
+    direct = [r["direct_correct"] for r in examples.values() if r["direct_correct"] is not None]
+    order = applied_filters(task, filters)
+    funnel = survivors_after_each(judged, order)
+    kept = sum(1 for r in rows if r["kept"])
+    counts = {
+        "users": len({r["user_id"] for r in rows}),
+        "examples": len(examples),
+        "examples_with_kept_trace": len({r["example_id"] for r in rows if r["kept"]}),
+        "examples_direct_correct": sum(direct),
+        "examples_skipped": sum(1 for r in rows if r["sample_index"] < 0 and r["error"] is None),
+        "traces_generated": len(generated),
+        "errors": sum(1 for r in rows if r["error"] is not None),
+        **{f"after_{name}": n for name, n in funnel.items()},
+        "kept": kept,
+        "tokens_generated": sum(r["generated_tokens"] for r in rows),
+    }
+    gains = [r["likelihood_gain"] for r in rows if r["kept"] and r["likelihood_gain"] is not None]
+    metrics = {
+        "keep_rate": round(kept / len(generated), 4) if generated else 0.0,
+        "direct_accuracy": round(sum(direct) / len(direct), 4) if direct else None,
+        "filter_order": list(order),
+        "passed_each_filter": {name: sum(1 for v in judged if v.get(name)) for name in order},
+        "mean_kept_gain": round(sum(gains) / len(gains), 4) if gains else None,
+    }
+    return counts, metrics

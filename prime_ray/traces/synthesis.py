@@ -1,0 +1,272 @@
+"""Trace synthesis for one user's training examples (plain compute: G is any engine or Serve handle).
+
+Per example, in this order (DESIGN.md §2, steps 2–5):
+1. direct answer by G (greedy): a statistic, and optionally a fast filter (`drop_if_direct_correct`);
+2. rationalization: G sees the input, the user's memory and the gold answer as a hint, and writes the
+   reasoning; `samples_per_example` samples (sample s is seeded `seed + s`, so a sample index has
+   the same params for every example and the deployment batches them together). The generation is
+   started inside the think block (`<think>\\n` ends the prompt), which small models need to follow
+   the format;
+3. verification without the hint: the same personal-think prompt, no hint, the trace written into
+   the think block, and G completes `Answer:` greedily; the answer it reaches is checked;
+4. likelihood gain `log p(y | x, trace) − log p(y | x)` under that no-hint prompt (a score column for
+   every task; the ranking filter for free text);
+5. the filters of `filters.py`, with one verdict per filter on every row.
+
+One row per sample. An example for which no trace is sampled (already answered right directly, or an
+error before sampling) has one row with `sample_index` -1. An example whose processing raises gets
+its error on its rows; the other examples of the user go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TypeVar
+
+from prime_ray.data.schema import Example, Item
+from prime_ray.engine.base import Generation, SamplingParams
+from prime_ray.memory.profiles import Generalist
+from prime_ray.models.parser import is_correct, parse_output
+from prime_ray.models.prompts import THINK_OPEN, completion_text, render_prompt
+from prime_ray.spec import JobSpec, PromptMode, TaskSpec
+from prime_ray.traces import filters as F
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def answer_tokens(task: TaskSpec) -> int:
+    """New tokens enough for an answer line of the task."""
+    return {"rating": 8, "label": 16, "ranking": 48}.get(task.kind) or task.max_answer_tokens + 8
+
+
+def answer_prefix(trace: str | None) -> str:
+    """The completion up to `Answer:` (inclusive), with the trace in the think block when given."""
+    full = completion_text("x", trace)
+    return full[: -len("x")].rstrip()
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _each(call: Callable[[list[Any]], list[T]], items: list[Any]) -> list[T | BaseException]:
+    """Call on all items; if the call fails, once per item, so one bad item fails alone."""
+    if not items:
+        return []
+    try:
+        return list(call(items))
+    except Exception:  # noqa: BLE001 - isolated below
+        logger.warning("a batched call failed; retrying item by item", exc_info=True)
+    out: list[T | BaseException] = []
+    for item in items:
+        try:
+            out.append(call([item])[0])
+        except Exception as e:  # noqa: BLE001 - recorded on the row
+            out.append(e)
+    return out
+
+
+@dataclass
+class _Work:
+    """One example in flight."""
+
+    row: dict[str, Any]
+    example: Example | None = None
+    hinted_prompt: str = ""
+    plain_prompt: str = ""
+    direct_prompt: str | None = None
+    direct_answer: str | None = None
+    direct_correct: bool | None = None
+    direct_tokens: int = 0
+    baseline_logp: float | None = None
+    error: str | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TraceSynthesizer:
+    """Callable on one user's rows `{"user_id", "example": Example dict, "memory": {profile, episodes}}`."""
+
+    def __init__(self, generalist: Generalist, spec_json: str, config_hash: str, tokenizer=None):
+        self.g = generalist
+        self.spec = JobSpec.model_validate_json(spec_json)
+        self.config_hash = config_hash
+        if tokenizer is None:
+            from prime_ray.models.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(self.spec.model)
+        self.tokenizer = tokenizer
+        self.task = self.spec.data.task
+        self.traces = self.spec.traces
+        self.filters = self.spec.traces.filters
+
+    # ------------------------------------------------------------------------------------ steps
+
+    def _prepare(self, work: _Work) -> None:
+        ex = work.example = Example.model_validate(work.row["example"])
+        memory = work.row.get("memory") or {}
+        common = dict(
+            task=self.task,
+            templates=self.spec.data.prompts,
+            query_input=ex.input,
+            candidates=ex.candidates,
+            profile=memory.get("profile"),
+            episodes=tuple(Item.model_validate(e) for e in memory.get("episodes", ())),
+        )
+        work.hinted_prompt = render_prompt(self.tokenizer, PromptMode.personal_think, hint=ex.output, **common)
+        work.plain_prompt = render_prompt(self.tokenizer, PromptMode.personal_think, **common)
+        if self.traces.direct_answer or self.filters.drop_if_direct_correct:
+            work.direct_prompt = render_prompt(self.tokenizer, PromptMode.direct, **common)
+
+    def _generate(self, works: list[_Work], prompt_of: Callable[[_Work], str], params: SamplingParams):
+        return _each(lambda ws: self.g.generate([prompt_of(w) for w in ws], params), works)
+
+    def _direct(self, works: list[_Work]) -> None:
+        asked = [w for w in works if w.direct_prompt is not None]
+        params = SamplingParams(max_new_tokens=answer_tokens(self.task), temperature=0.0, seed=self.spec.seed)
+        for w, gen in zip(asked, self._generate(asked, lambda w: w.direct_prompt, params)):
+            if isinstance(gen, BaseException):
+                w.error = _error(gen)
+                continue
+            parsed = parse_output(gen.text, self.task, w.example.candidates)
+            w.direct_answer = parsed.answer
+            w.direct_correct = parsed.ok and is_correct(self.task, parsed.answer, w.example.output)
+            w.direct_tokens = gen.completion_tokens
+
+    def _rationalize(self, works: list[_Work]) -> None:
+        for s in range(self.traces.samples_per_example):
+            params = SamplingParams(
+                max_new_tokens=self.traces.max_new_tokens,
+                temperature=self.traces.temperature,
+                top_p=self.traces.top_p,
+                seed=self.spec.seed + s,
+            )
+            for w, gen in zip(works, self._generate(works, lambda w: w.hinted_prompt + THINK_OPEN + "\n", params)):
+                w.samples.append(self._sample(w, s, gen))
+
+    def _sample(self, w: _Work, index: int, gen: Generation | BaseException) -> dict[str, Any]:
+        sample: dict[str, Any] = {"sample_index": index, "raw_text": None, "trace": None, "written_answer": None,
+                                  "tokens": 0, "error": None}
+        if isinstance(gen, BaseException):
+            sample["error"] = _error(gen)
+            return sample
+        raw = THINK_OPEN + "\n" + gen.text
+        parsed = parse_output(raw, self.task, w.example.candidates)
+        trace = (parsed.trace or "").strip() or None
+        sample.update(raw_text=raw, tokens=gen.completion_tokens, written_answer=parsed.answer,
+                      trace=trace if parsed.ok else None)
+        return sample
+
+    def _verify(self, works: list[_Work]) -> None:
+        """The answer G reaches from the trace WITHOUT the hint."""
+        todo = [(w, s) for w in works for s in w.samples if s["trace"] is not None]
+        params = SamplingParams(max_new_tokens=answer_tokens(self.task), temperature=0.0, seed=self.spec.seed)
+        gens = _each(
+            lambda pairs: self.g.generate([w.plain_prompt + answer_prefix(s["trace"]) for w, s in pairs], params), todo
+        )
+        for (w, s), gen in zip(todo, gens):
+            if isinstance(gen, BaseException):
+                s["error"] = _error(gen)
+                continue
+            s["tokens"] += gen.completion_tokens
+            parsed = parse_output(answer_prefix(s["trace"]) + gen.text, self.task, w.example.candidates)
+            s["answer"] = parsed.answer
+            s["answer_ok"] = None if self.task.kind == "text" else (
+                parsed.ok and is_correct(self.task, parsed.answer, w.example.output)
+            )
+
+    def _gains(self, works: list[_Work]) -> None:
+        """log p(y | x, trace) − log p(y | x), both under the no-hint personal-think prompt."""
+        pairs: list[tuple[_Work, dict | None]] = []
+        for w in works:
+            pairs.append((w, None))
+            pairs.extend((w, s) for s in w.samples if s["trace"] is not None)
+
+        def score(batch: list[tuple[_Work, dict | None]]) -> list[float]:
+            prompts = [w.plain_prompt + answer_prefix(s["trace"] if s else None) for w, s in batch]
+            continuations = [" " + w.example.output.strip() for w, _ in batch]
+            return self.g.score(prompts, continuations)
+
+        for (w, s), logp in zip(pairs, _each(score, pairs)):
+            if isinstance(logp, BaseException):
+                if s is not None:
+                    s["error"] = s["error"] or _error(logp)
+                continue
+            if s is None:
+                w.baseline_logp = logp
+            elif w.baseline_logp is not None:
+                s["gain"] = logp - w.baseline_logp
+
+    def _judge(self, w: _Work) -> None:
+        gold = w.example.output
+        for s in w.samples:
+            if s["error"] is not None:
+                s["verdicts"], s["kept"] = None, False
+                continue
+            s["verdicts"] = F.verdicts(trace=s["trace"], answer_ok=s.get("answer_ok"), gold=gold, filters=self.filters)
+            s["verdicts"]["gain"] = s.get("gain") is not None and s["gain"] > 0
+        judged = [s for s in w.samples if s["verdicts"] is not None]
+        if self.task.kind == "text":
+            eligible = [all(s["verdicts"][n] for n in F.applied_filters(self.task, self.filters) if n != "gain")
+                        for s in judged]
+            top = F.rank_by_gain([s.get("gain") for s in judged], eligible, self.filters.text_keep_top)
+            for s, best in zip(judged, top):
+                s["verdicts"]["gain"] = best
+        for s in judged:
+            s["kept"] = F.keep(s["verdicts"], self.task, self.filters)
+
+    def _synthesize(self, works: list[_Work]) -> None:
+        self._direct(works)
+        live = [w for w in works if w.error is None and not (self.filters.drop_if_direct_correct and w.direct_correct)]
+        self._rationalize(live)
+        self._verify(live)
+        self._gains(live)
+
+    # ------------------------------------------------------------------------------------- rows
+
+    def _row(self, w: _Work, s: dict[str, Any] | None) -> dict[str, Any]:
+        ex = w.example
+        s = s or {"sample_index": -1, "tokens": 0, "error": None}
+        trace = s.get("trace")
+        return {
+            "user_id": ex.user_id if ex else str(w.row.get("user_id")),
+            "example_id": ex.example_id if ex else str(w.row.get("example", {}).get("example_id")),
+            "sample_index": s["sample_index"],
+            "prompt": w.hinted_prompt or None,
+            "raw_text": s.get("raw_text"),
+            "trace": trace,
+            "answer": s.get("answer"),
+            "written_answer": s.get("written_answer"),
+            "gold": ex.output if ex else None,
+            "kept": bool(s.get("kept", False)),
+            "verdicts": s.get("verdicts"),
+            "likelihood_gain": s.get("gain"),
+            "repetition": F.repetition_rate(trace or s.get("raw_text") or "") if s.get("raw_text") else None,
+            "direct_answer": w.direct_answer,
+            "direct_correct": w.direct_correct,
+            # everything generated for this row; the example's direct answer counts on its first row
+            "generated_tokens": s["tokens"] + (w.direct_tokens if s["sample_index"] <= 0 else 0),
+            "error": w.error or s.get("error"),
+            "model": self.spec.model.name_or_path,
+            "config_hash": self.config_hash,
+        }
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        works = [_Work(row=dict(r)) for r in rows]
+        for w in works:
+            try:
+                self._prepare(w)
+            except Exception as e:  # noqa: BLE001 - a bad row is recorded, the others go on
+                w.error = _error(e)
+        step = self.spec.generalist.rows_per_call
+        for start in range(0, len(works), step):
+            self._synthesize([w for w in works[start : start + step] if w.error is None])
+        out: list[dict[str, Any]] = []
+        for w in works:
+            if w.error is None and w.samples:
+                self._judge(w)
+                out.extend(self._row(w, s) for s in w.samples)
+            else:
+                out.append(self._row(w, None))
+        return out

@@ -1,0 +1,103 @@
+"""The trace filters on hand-written traces: each verdict, the keep rule, the funnel, gain ranking."""
+
+import pytest
+
+from prime_ray.spec import LabelTask, RatingTask, TextTask, TraceFilters
+from prime_ray.traces import filters as F
+
+RATING = RatingTask()
+FILTERS = TraceFilters()
+
+GOOD = (
+    "The user gave 5 to GoldenEye and 4 to Heat, both action thrillers. "
+    "Die Hard is an action thriller of the same kind, so they will probably like it a lot."
+)
+LOOP = "I think the user likes it. " * 12
+LEAKS = [
+    "The hint says 4, and the user liked similar films, so 4 fits well here.",
+    "Since the answer is given as 4, the user must have liked the plot of this movie.",
+    "We are told the user would rate it 4, which matches their taste in action films.",
+    "As provided, the rating is 4; the user enjoys action movies and thrillers a lot.",
+    "The given answer of 4 agrees with the user's history of action movies overall.",
+    "The answer is 4. The user liked GoldenEye and Heat, which are similar action films.",
+]
+
+
+def test_a_correct_grounded_trace_passes_every_filter():
+    v = F.verdicts(trace=GOOD, answer_ok=True, gold="4", filters=FILTERS)
+    assert v == {"parsed": True, "answer_match": True, "leaked_hint": True, "repetition": True, "length": True}
+    assert F.keep({**v, "gain": True}, RATING, FILTERS)
+
+
+def test_a_wrong_answer_is_rejected_by_answer_match_only():
+    v = F.verdicts(trace=GOOD, answer_ok=False, gold="4", filters=FILTERS)
+    assert [name for name, ok in v.items() if not ok] == ["answer_match"]
+    assert not F.keep({**v, "gain": True}, RATING, FILTERS)
+    # turned off in the spec: the same trace is kept
+    assert F.keep({**v, "gain": True}, RATING, TraceFilters(answer_match=False))
+
+
+@pytest.mark.parametrize("trace", LEAKS)
+def test_a_leaked_hint_is_rejected(trace):
+    v = F.verdicts(trace=trace, answer_ok=True, gold="4", filters=FILTERS)
+    assert v["leaked_hint"] is False
+    assert not F.keep({**v, "gain": True}, RATING, FILTERS)
+    assert F.keep({**v, "gain": True}, RATING, TraceFilters(leaked_hint=False))
+
+
+def test_reasoning_that_merely_uses_words_like_given_is_not_a_leak():
+    trace = "Given the user's love of action films, and since they rated Heat 4, the rating is likely high."
+    assert not F.leaks_hint(trace, "4")
+    # the answer stated as the conclusion (last sentence) is fine; only an opening statement leaks
+    assert not F.opens_with_answer("They like thrillers. So the rating is 4.", "4")
+    assert F.opens_with_answer("Rating: 4. They like thrillers.", "4")
+    assert not F.opens_with_answer("The rating of 3.5 stars from critics is irrelevant. They like it.", "4")
+
+
+def test_a_repetition_loop_is_degenerate():
+    assert F.repetition_rate(LOOP) > 0.8
+    assert F.repetition_rate(GOOD) == 0.0
+    assert F.repetition_rate("too short") == 0.0
+    v = F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=FILTERS)
+    assert v["repetition"] is False and v["length"] is True
+    assert F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=TraceFilters(max_repetition=1.0))["repetition"]
+
+
+def test_length_bounds_count_words():
+    short = F.verdicts(trace="Likes action.", answer_ok=True, gold="4", filters=FILTERS)
+    assert short["length"] is False
+    assert F.verdicts(trace=GOOD, answer_ok=True, gold="4", filters=TraceFilters(max_trace_words=10))["length"] is False
+    assert F.words("The user's taste: action, thrillers!") == ["the", "user's", "taste", "action", "thrillers"]
+
+
+def test_an_unparseable_output_fails_every_verdict():
+    v = F.verdicts(trace=None, answer_ok=None, gold="4", filters=FILTERS)
+    assert not any(v.values())
+    assert not F.keep({**v, "gain": True}, RATING, FILTERS)
+
+
+def test_applied_filters_depend_on_the_task():
+    assert F.applied_filters(RATING, FILTERS) == ("parsed", "answer_match", "leaked_hint", "repetition", "length")
+    assert F.applied_filters(LabelTask(labels=["a", "b"]), TraceFilters(leaked_hint=False)) == (
+        "parsed", "answer_match", "repetition", "length")
+    # free text: no exact answer to match, the likelihood gain decides
+    assert F.applied_filters(TextTask(), FILTERS) == ("parsed", "leaked_hint", "repetition", "length", "gain")
+
+
+def test_rank_by_gain_keeps_the_best_positive_eligible_traces():
+    gains = [0.5, 2.0, -1.0, 3.0, None]
+    eligible = [True, True, True, False, True]
+    assert F.rank_by_gain(gains, eligible, keep_top=1) == [False, True, False, False, False]
+    assert F.rank_by_gain(gains, eligible, keep_top=5) == [True, True, False, False, False]
+    assert F.rank_by_gain([-0.1, 0.0], [True, True], keep_top=2) == [False, False]
+
+
+def test_survivors_after_each_is_a_funnel():
+    verdicts = [
+        {"parsed": True, "answer_match": True, "leaked_hint": True},
+        {"parsed": True, "answer_match": False, "leaked_hint": True},
+        {"parsed": True, "answer_match": True, "leaked_hint": False},
+        {"parsed": False, "answer_match": False, "leaked_hint": False},
+    ]
+    assert F.survivors_after_each(verdicts, ["parsed", "answer_match", "leaked_hint"]) == {
+        "parsed": 3, "answer_match": 2, "leaked_hint": 1}

@@ -1,0 +1,187 @@
+"""Trace synthesis for one user with a scripted generalist: the keep path, each rejection, errors, stats.
+
+G is scripted (the thing under test is the synthesis around it): it answers by the query and the
+kind of prompt (direct, hinted rationalization, no-hint verification), and scores a gold answer
+higher after a trace than without one.
+"""
+
+import json
+
+import pytest
+
+from prime_ray.data.schema import Example, Item
+from prime_ray.engine.base import Generation
+from prime_ray.spec import parse_spec
+from prime_ray.traces.stats import trace_stats
+from prime_ray.traces.store import read_kept_traces, write_traces
+from prime_ray.traces.synthesis import TraceSynthesizer
+
+GOOD = "They rated GoldenEye 4 and Heat 5; both are action thrillers like this film, so they should enjoy it."
+LEAK = "The hint says the rating is 4, so the user must like this film quite a lot overall."
+LOOP = "the user likes it and " * 15
+
+# query input -> (direct output, [rationalization per sample], verification output)
+SCRIPT = {
+    "Die Hard": ("Answer: 4", [GOOD + "\n</think>\nAnswer: 4", LEAK + "\n</think>\nAnswer: 4"], " 4"),
+    "Speed": ("Answer: 2", [LOOP + "\n</think>\nAnswer: 5", "I cannot tell what they think"], " 5"),
+    "Heat 2": ("Answer: 3", [GOOD + "\n</think>\nAnswer: 3", GOOD + "\n</think>\nAnswer: 3"], " 1"),
+    "Broken": ("Answer: 3", ["x"], " 3"),
+}
+
+
+class _Tokenizer:
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "\n".join(m["content"] for m in messages) + "\n<assistant>\n"
+
+
+class ScriptedG:
+    def __init__(self):
+        self.generate_calls = []
+
+    @staticmethod
+    def _query(prompt):
+        line = next(line for line in prompt.splitlines() if line.startswith("Input: "))
+        return line[len("Input: "):]
+
+    def generate(self, prompts, params):
+        self.generate_calls.append((len(prompts), params))
+        out = []
+        for p in prompts:
+            direct, samples, verify = SCRIPT[self._query(p)]
+            if self._query(p) == "Broken":
+                raise RuntimeError("replica lost")
+            if p.endswith("Answer:"):
+                text = verify
+            elif p.endswith("<think>\n"):
+                assert "real answer is" in p
+                text = samples[params.seed % len(samples)]
+            else:
+                assert "real answer" not in p
+                text = direct
+            out.append(Generation(text=text, prompt_tokens=10, completion_tokens=len(text.split()), finish_reason="stop"))
+        return out
+
+    def score(self, prompts, continuations):
+        return [-1.0 if p.endswith("</think>\nAnswer:") else -3.0 for p in prompts]
+
+
+def _spec(**overrides):
+    doc = {
+        "name": "t", "seed": 0, "model": {"name_or_path": "tiny-test"},
+        "data": {"source": {"format": "jsonl", "path": "x"}, "task": {"kind": "rating"}},
+        "traces": {"samples_per_example": 2, **overrides.pop("traces", {})},
+        "generalist": {"rows_per_call": 2},
+        **overrides,
+    }
+    return parse_spec(doc)
+
+
+def _row(query, gold, example_id):
+    ex = Example(example_id=f"u1/{example_id}", user_id="u1", split="train", input=query, output=gold,
+                 memory_ids=["h1"])
+    return {"user_id": "u1", "example": ex.model_dump(mode="json"),
+            "memory": {"profile": "Likes action.", "episodes": [Item(id="h1", input="Heat", output="5").model_dump()]}}
+
+
+def _run(spec, rows):
+    g = ScriptedG()
+    out = TraceSynthesizer(g, spec.model_dump_json(by_alias=True), "cfg", tokenizer=_Tokenizer())(rows)
+    return g, out
+
+
+def _by(out):
+    return {(r["example_id"], r["sample_index"]): r for r in out}
+
+
+ROWS = [_row("Die Hard", "4", "a"), _row("Speed", "5", "b"), _row("Heat 2", "3", "c"), _row("Broken", "3", "d"),
+        {"user_id": "u1", "example": {"example_id": "u1/e"}, "memory": {}}]
+
+
+def test_one_user_keep_path_rejections_and_errors():
+    spec = _spec()
+    g, out = _run(spec, ROWS)
+    rows = _by(out)
+    assert len(out) == 3 * 2 + 1 + 1  # two samples for a, b, c; one error row each for d and e
+
+    kept = rows[("u1/a", 0)]
+    assert kept["kept"] and kept["trace"] == GOOD and kept["answer"] == "4" and kept["gold"] == "4"
+    assert kept["verdicts"] == {"parsed": True, "answer_match": True, "leaked_hint": True, "repetition": True,
+                                "length": True, "gain": True}
+    assert kept["likelihood_gain"] == pytest.approx(2.0)
+    assert kept["direct_answer"] == "4" and kept["direct_correct"] is True
+    assert kept["raw_text"].startswith("<think>\n") and "real answer is: 4" in kept["prompt"]
+    assert kept["model"] == "tiny-test" and kept["config_hash"] == "cfg" and kept["error"] is None
+
+    assert rows[("u1/a", 1)]["verdicts"]["leaked_hint"] is False and not rows[("u1/a", 1)]["kept"]
+    assert rows[("u1/b", 0)]["verdicts"]["repetition"] is False and rows[("u1/b", 0)]["repetition"] > 0.5
+    assert rows[("u1/b", 1)]["verdicts"]["parsed"] is False and rows[("u1/b", 1)]["trace"] is None
+    # written with the hint as 3, but without the hint the trace leads G to 1: not verified
+    assert rows[("u1/c", 0)]["written_answer"] == "3" and rows[("u1/c", 0)]["answer"] == "1"
+    assert rows[("u1/c", 0)]["verdicts"]["answer_match"] is False and not rows[("u1/c", 0)]["kept"]
+    assert rows[("u1/c", 0)]["direct_correct"] is True
+
+    # a failing call and an invalid row are recorded on their own rows; the others went on
+    assert "replica lost" in rows[("u1/d", -1)]["error"] and not rows[("u1/d", -1)]["kept"]
+    assert "ValidationError" in rows[("u1/e", -1)]["error"]
+
+    # rows_per_call=2: examples go in chunks of 2; sample s is seeded seed + s for every example
+    rationalizations = [(n, p) for n, p in g.generate_calls if p.temperature > 0]
+    assert sorted({p.seed for _, p in rationalizations}) == [0, 1]
+    assert max(n for n, _ in rationalizations) == 2 and len(rationalizations) == 2 * 2  # 2 chunks x 2 samples
+
+
+def test_stats_add_up_and_kept_traces_read_back(tmp_path):
+    spec = _spec()
+    _, out = _run(spec, ROWS)
+    counts, metrics = trace_stats(out, spec.data.task, spec.traces.filters)
+    assert counts["examples"] == 5 and counts["users"] == 1
+    assert counts["traces_generated"] == 6 and counts["errors"] == 2
+    assert counts["after_parsed"] == 5 and counts["after_answer_match"] == 3  # a0, a1 (leak), b0 (loop)
+    assert counts["after_leaked_hint"] == 2 and counts["after_repetition"] == 1 and counts["after_length"] == 1
+    assert counts["kept"] == 1 and metrics["keep_rate"] == pytest.approx(1 / 6, abs=1e-3)
+    assert counts["examples_direct_correct"] == 2  # a and c
+    assert counts["tokens_generated"] == sum(r["generated_tokens"] for r in out) > 0
+
+    path = tmp_path / "traces.parquet"
+    write_traces(path, out)
+    kept = read_kept_traces(path)
+    assert list(kept) == ["u1/a"]
+    [trace] = kept["u1/a"]
+    assert (trace.user_id, trace.sample_index, trace.trace, trace.answer) == ("u1", 0, GOOD, "4")
+    assert trace.score == pytest.approx(2.0)
+
+
+def test_fast_filter_skips_examples_answered_right_directly():
+    spec = _spec(traces={"filters": {"drop_if_direct_correct": True}})
+    _, out = _run(spec, ROWS[:3])
+    rows = _by(out)
+    assert set(rows) == {("u1/a", -1), ("u1/b", 0), ("u1/b", 1), ("u1/c", -1)}
+    assert rows[("u1/a", -1)]["error"] is None and rows[("u1/a", -1)]["direct_correct"] is True
+    counts, _ = trace_stats(out, spec.data.task, spec.traces.filters)
+    assert counts["examples_skipped"] == 2 and counts["traces_generated"] == 2
+
+
+def test_free_text_keeps_the_trace_with_the_best_positive_gain():
+    spec = parse_spec({
+        "name": "t", "model": {"name_or_path": "tiny-test"},
+        "data": {"source": {"format": "jsonl", "path": "x"}, "task": {"kind": "text"}},
+        "traces": {"samples_per_example": 2, "direct_answer": False},
+    })
+
+    class TextG(ScriptedG):
+        def generate(self, prompts, params):
+            if prompts[0].endswith("<think>\n"):
+                return [Generation(text=f"{GOOD} Take {params.seed}.\n</think>\nAnswer: Big win", prompt_tokens=1,
+                                   completion_tokens=20, finish_reason="stop") for _ in prompts]
+            return [Generation(text=" Big win", prompt_tokens=1, completion_tokens=2, finish_reason="stop")
+                    for _ in prompts]
+
+        def score(self, prompts, continuations):
+            return [-1.0 if "Take 1" in p else -2.0 if "Take 0" in p else -4.0 for p in prompts]
+
+    out = TraceSynthesizer(TextG(), spec.model_dump_json(), "cfg", tokenizer=_Tokenizer())(
+        [_row("Die Hard", "Big win", "a")])
+    assert [(r["sample_index"], r["kept"], r["likelihood_gain"]) for r in out] == [(0, False, 2.0), (1, True, 3.0)]
+    assert out[0]["verdicts"]["answer_match"] is False  # no exact match for text; the gain ranking decides
+    assert out[0]["direct_answer"] is None
+    json.dumps(out)  # rows travel as JSON between Ray Data workers and the driver
