@@ -181,6 +181,7 @@ def _cached_copy(key: str, build: Callable[[Path], None]) -> Path:
     if (target / "config.json").is_file():
         return target
     scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    os.chmod(scratch, 0o755)  # mkdtemp makes it private; the cache is shared by every process of a job
     try:
         build(scratch)
         try:

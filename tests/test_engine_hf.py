@@ -1,0 +1,168 @@
+"""The transformers engine on the tiny model: generation, stop strings, scoring, adapters."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from prime_ray.engine import SamplingParams, create_engine
+from prime_ray.models.loading import load_model
+from prime_ray.models.parser import parse_output
+from prime_ray.models.prompts import render_prompt
+from prime_ray.spec import ModelSpec, PromptMode, PromptTemplates, RatingTask
+
+TINY = ModelSpec(name_or_path="tiny-test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from intra-op threads, and on a shared 2-core machine their
+    spin-waiting makes each step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = create_engine(TINY, device="cpu", max_batch_size=2)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(engine):
+    """Chat prompts of different lengths (so batches need padding), plus a bare one."""
+    rendered = [
+        render_prompt(engine.tokenizer, mode, task=RatingTask(), templates=PromptTemplates(), query_input=query)
+        for mode, query in [(PromptMode.direct, "Heat (1995)"), (PromptMode.think, "A long film title about a cat (2001)")]
+    ]
+    return rendered + ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "Answer: 4", "<think>"]
+
+
+def test_greedy_is_deterministic_and_counts_tokens(engine, prompts):
+    params = SamplingParams(max_new_tokens=12)
+    first, second = engine.generate(prompts, params), engine.generate(prompts, params)
+    assert first == second
+    for prompt, gen in zip(prompts, first):
+        assert gen.prompt_tokens == len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert 1 <= gen.completion_tokens <= 12
+        assert gen.finish_reason == ("length" if gen.completion_tokens == 12 else "stop")
+    assert engine.generate([], params) == []
+
+
+def test_batched_greedy_equals_one_at_a_time(engine, prompts):
+    params = SamplingParams(max_new_tokens=16)
+    batched = engine.generate(prompts, params)  # chunks of 2, left padded
+    alone = [engine.generate([p], params)[0] for p in prompts]
+    assert batched == alone
+    wide = create_engine(TINY, device="cpu", max_batch_size=16).generate(prompts, params)  # one padded batch
+    assert wide == alone
+
+
+def test_seeded_sampling_is_reproducible(engine, prompts):
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=7)
+    first = engine.generate(prompts, params)
+    torch.manual_seed(123)  # the caller's global RNG state does not matter
+    assert engine.generate(prompts, params) == first
+    other = engine.generate(prompts, SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=8))
+    assert [g.text for g in other] != [g.text for g in first]
+    greedy = engine.generate(prompts, SamplingParams(max_new_tokens=16))
+    assert [g.text for g in first] != [g.text for g in greedy]
+    # Repeated prompts in one call are independent samples.
+    repeated = engine.generate([prompts[0]] * 4, params)
+    assert len({g.text for g in repeated}) > 1
+
+
+def test_stop_strings_cut_the_text_right_after_the_stop(engine, prompts):
+    free = engine.generate(prompts, SamplingParams(max_new_tokens=24))
+    text = free[0].text
+    stop = next(text[i : i + 2] for i in range(3, len(text) - 2) if text[i : i + 2].isalpha())
+    cut = text[: text.index(stop) + len(stop)]
+    stopped = engine.generate(prompts, SamplingParams(max_new_tokens=24, stop=(stop, "never-appears")))
+    assert stopped[0].text == cut and stopped[0].finish_reason == "stop"
+    assert stopped[0].completion_tokens < free[0].completion_tokens
+    assert engine.tokenizer.decode(engine.tokenizer(cut, add_special_tokens=False)["input_ids"]) == cut
+    for before, after in zip(free, stopped):  # every row is its free text, cut at its first stop if any
+        expected = before.text[: before.text.index(stop) + len(stop)] if stop in before.text else before.text
+        assert after.text == expected
+
+
+def _manual_score(model, tokenizer, prompt: str, continuation: str) -> float:
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tail = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([head + tail])
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(logprobs[len(head) + i - 1, token].item() for i, token in enumerate(tail))
+
+
+def test_score_equals_a_manual_computation(engine, prompts):
+    model, tokenizer = load_model(TINY)
+    continuations = ["Answer: 4", "<think>\nlikes it\n</think>\nAnswer: 5", "x", "Answer: 12", ""]
+    pairs = list(zip(prompts, continuations))
+    scores = engine.score([p for p, _ in pairs], [c for _, c in pairs])
+    expected = [_manual_score(model, tokenizer, p, c) for p, c in pairs]
+    assert scores == pytest.approx(expected, abs=1e-3)
+    assert scores[-1] == 0.0 and all(s < 0 for s in scores[:-1])
+    with pytest.raises(ValueError, match="one continuation per prompt"):
+        engine.score(prompts, continuations[:2])
+
+
+def test_score_prefers_what_the_model_learned(tmp_path):
+    """Fine-tune the tiny model toward one answer: score() ranks it first and greedy generation writes it."""
+    model, tokenizer = load_model(TINY)
+    prompt = render_prompt(tokenizer, PromptMode.direct, task=RatingTask(), templates=PromptTemplates(), query_input="Heat (1995)")
+    target = tokenizer(prompt + "Answer: 4<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(60):
+        loss = model(input_ids=target, labels=target).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    base = create_engine(TINY, device="cpu")
+    trained = create_engine(ModelSpec(name_or_path=str(tmp_path)), device="cpu")
+    options = ["Answer: 4", "Answer: 2", "Answer: 5"]
+    trained_scores = trained.score([prompt] * 3, options)
+    assert trained_scores[0] > max(trained_scores[1:])
+    assert trained_scores[0] > base.score([prompt], options[:1])[0] + 1.0
+    generation = trained.generate([prompt], SamplingParams(max_new_tokens=8))[0]
+    assert generation.text == "Answer: 4" and generation.finish_reason == "stop"
+    assert parse_output(generation.text, RatingTask()).answer == "4"
+
+
+def test_adapter_changes_the_outputs(tmp_path, prompts):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_model(TINY)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(tmp_path / "adapter")
+
+    base = create_engine(TINY, device="cpu")
+    student = create_engine(TINY, device="cpu", adapter_path=str(tmp_path / "adapter"))
+    params = SamplingParams(max_new_tokens=12)
+    assert [g.text for g in student.generate(prompts, params)] != [g.text for g in base.generate(prompts, params)]
+    base_scores, student_scores = base.score(prompts, ["Answer: 4"] * len(prompts)), student.score(prompts, ["Answer: 4"] * len(prompts))
+    assert all(abs(a - b) > 1e-3 for a, b in zip(base_scores, student_scores))
+    with pytest.raises(FileNotFoundError, match="no PEFT adapter"):
+        create_engine(TINY, device="cpu", adapter_path=str(tmp_path / "missing"))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown generation backend 'nope'"):
+        create_engine(TINY, backend="nope")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed: no missing-extra error")
+def test_vllm_backend_without_the_extra_says_how_to_install():
+    with pytest.raises(ImportError, match=r"pip install 'prime-ray\[vllm\]'"):
+        create_engine(TINY, backend="vllm")
