@@ -1,0 +1,63 @@
+"""Where the train stage puts things, and its metrics log.
+
+    train/<student>/adapter/     the LoRA adapter (PEFT `save_pretrained` format)
+    train/<student>/merged/      the base model with the adapter merged in (when asked for)
+    train/<student>/checkpoints/ Ray Train run storage (DeepSpeed checkpoints), for resuming
+    train/metrics.jsonl          one record per logged step: {"student", "step", "loss", "direct", ...}
+    train/curves.png             both loss terms and the learning rate against the step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+Student = Literal["prime", "fast"]
+STUDENTS: tuple[Student, ...] = ("prime", "fast")
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def student_dir(train_dir: Path, student: Student) -> Path:
+    if student not in STUDENTS:
+        raise ValueError(f"student must be one of {', '.join(STUDENTS)}, got {student!r}")
+    return Path(train_dir) / student
+
+
+def adapter_dir(train_dir: Path, student: Student) -> Path:
+    """The PEFT adapter folder of a student (load with PeftModel.from_pretrained)."""
+    return student_dir(train_dir, student) / "adapter"
+
+
+def merged_dir(train_dir: Path, student: Student) -> Path:
+    """The merged full model of a student (when spec.train.merge_adapter)."""
+    return student_dir(train_dir, student) / "merged"
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line, appended in one write (safe next to concurrent appends of other lines)."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_metrics(path: Path, student: Student | None = None) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        return []
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in records if student is None or r.get("student") == student]
+
+
+def rewind_metrics(path: Path, student: Student, step: int) -> None:
+    """Forget `student`'s records after `step`: a run resumed from that step logs them again."""
+    if not Path(path).exists():
+        return
+    kept = [r for r in read_metrics(path) if r.get("student") != student or r["step"] <= step]
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    os.replace(tmp, path)

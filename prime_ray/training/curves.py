@@ -1,0 +1,40 @@
+"""The training curves: both loss terms and the learning rate of each student, against the step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Write a PNG with one panel per loss term and one for the learning rate (a line per student)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers and servers
+    import matplotlib.pyplot as plt
+
+    students = sorted({r["student"] for r in records})
+    panels = [("direct", "CE(y | direct)"), ("think", "CE(trace ⊕ y | personal-think)"), ("lr", "learning rate")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, title) in zip(axes, panels):
+        for student in students:
+            points = sorted(
+                (r["step"], r[key])
+                for r in records
+                if r["student"] == student and r.get(key) is not None
+                # a student without think tokens (the fast one) has no think curve, not a flat zero
+                and (key != "think" or r.get("think_tokens"))
+            )
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o", markersize=3, label=student)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+

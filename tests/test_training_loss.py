@@ -1,0 +1,122 @@
+"""The two-term loss, the plain-PyTorch step and the DeepSpeed config (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prime_ray.models.loading import load_model
+from prime_ray.spec import LoraSpec, ModelSpec, TrainSpec
+from prime_ray.training.collate import IGNORE_INDEX, TrainSequence, collate_rows
+from prime_ray.training.deepspeed_config import deepspeed_config
+from prime_ray.training.lora import attach_lora
+from prime_ray.training.loss import prime_loss
+from prime_ray.training.step import forward_terms, train_step
+
+
+def _seq(i: int, term: str, prompt: int, completion: int) -> TrainSequence:
+    ids = [(7 * i + k) % 500 + 10 for k in range(prompt + completion)]
+    return TrainSequence(f"u/{i}", term, tuple(ids), tuple([IGNORE_INDEX] * prompt + ids[prompt:]))
+
+
+SEQS = [_seq(0, "direct", 12, 4), _seq(1, "think", 9, 15), _seq(2, "direct", 20, 3), _seq(3, "think", 6, 11)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    base, _ = load_model(ModelSpec(name_or_path="tiny-test"))
+    return attach_lora(base, LoraSpec(r=4, alpha=8))
+
+
+def _mean_completion_ce(model, seqs: list[TrainSequence]) -> float:
+    """Reference: each sequence alone, token CE summed over its completion, divided by all those tokens."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in seqs:
+            logits = model(input_ids=torch.tensor([s.input_ids]), use_cache=False).logits[0, :-1]
+            targets = torch.tensor(s.labels[1:])
+            keep = targets != IGNORE_INDEX
+            total += F.cross_entropy(logits[keep], targets[keep], reduction="sum").item()
+            count += int(keep.sum())
+    return total / count
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_terms_are_the_mean_token_ce_of_their_own_sequences(model, packed):
+    rows = [[0, 1, 2, 3]] if packed else [[0], [1], [2], [3]]
+    batch = collate_rows(SEQS, rows, pad_id=0, packed=packed)
+    with torch.no_grad():
+        terms = forward_terms(model, batch, think_weight=1.0)
+    assert terms.direct_tokens == 7 and terms.think_tokens == 26  # completion tokens after the first
+    assert terms.direct.item() == pytest.approx(_mean_completion_ce(model, [SEQS[0], SEQS[2]]), rel=1e-4)
+    assert terms.think.item() == pytest.approx(_mean_completion_ce(model, [SEQS[1], SEQS[3]]), rel=1e-4)
+
+
+def test_lambda_changes_the_total_by_exactly_lambda_times_the_think_term(model):
+    batch = collate_rows(SEQS, [[0], [1], [2], [3]], pad_id=0, packed=False)
+    with torch.no_grad():
+        logits = model(**batch.model_inputs(), use_cache=False).logits
+    fast = prime_loss(logits, batch.labels, batch.terms, think_weight=0.0)
+    for lam in (0.5, 1.0, 3.0):
+        prime = prime_loss(logits, batch.labels, batch.terms, think_weight=lam)
+        assert prime.direct.item() == fast.direct.item() and prime.think.item() == fast.think.item()
+        assert (prime.total - fast.total).item() == pytest.approx(lam * prime.think.item(), rel=1e-6)
+    assert fast.total.item() == pytest.approx(fast.direct.item())
+
+
+def test_no_loss_on_prompt_tokens(model):
+    """Changing only prompt targets (not inputs) leaves the loss alone; labels are what is scored."""
+    batch = collate_rows(SEQS, [[0], [1]], pad_id=0, packed=False)
+    with torch.no_grad():
+        logits = model(**batch.model_inputs(), use_cache=False).logits
+    base = prime_loss(logits, batch.labels, batch.terms, 1.0)
+    relabelled = batch.labels.clone()
+    relabelled[0, 1:12] = 5  # the prompt span of sequence 0 made into targets
+    scored = prime_loss(logits, relabelled, batch.terms, 1.0)
+    assert scored.direct_tokens == base.direct_tokens + 11 and scored.direct.item() != base.direct.item()
+
+
+def test_a_batch_without_think_sequences_has_a_zero_think_term(model):
+    batch = collate_rows(SEQS, [[0], [2]], pad_id=0, packed=False)
+    with torch.no_grad():
+        terms = forward_terms(model, batch, think_weight=2.0)
+    assert terms.think_tokens == 0 and terms.think.item() == 0.0
+    assert terms.total.item() == pytest.approx(terms.direct.item())
+
+
+def test_plain_step_trains_only_the_adapter_and_lowers_the_loss():
+    torch.manual_seed(0)
+    base, _ = load_model(ModelSpec(name_or_path="tiny-test"))
+    student = attach_lora(base, LoraSpec(r=4, alpha=8))
+    frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=2e-2)
+    batches = [collate_rows(SEQS, [[0, 1]], pad_id=0, packed=True), collate_rows(SEQS, [[2], [3]], pad_id=0, packed=False)]
+    stats = [train_step(student, optimizer, batches, think_weight=1.0, grad_clip=1.0) for _ in range(8)]
+    assert stats[-1].loss < stats[0].loss - 1.0
+    assert stats[0].grad_norm > 0 and stats[0].tokens == sum(len(s) for s in SEQS)
+    assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if not p.requires_grad)
+
+
+def test_deepspeed_config_follows_the_train_spec():
+    spec = TrainSpec(zero_stage=3, offload_optimizer=True, offload_params=True, grad_accum=4, micro_batch_size=2,
+                     grad_clip=0.5, warmup_ratio=0.1, zero3_param_persistence_threshold=0)
+    cfg = deepspeed_config(spec, total_steps=100, bf16=False)
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
+    assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+    assert cfg["zero_force_ds_cpu_optimizer"] is False
+    assert cfg["gradient_accumulation_steps"] == 4 and cfg["train_micro_batch_size_per_gpu"] == 2
+    assert cfg["gradient_clipping"] == 0.5 and cfg["bf16"]["enabled"] is False
+    sched = cfg["scheduler"]
+    assert sched["type"] == "WarmupCosineLR"
+    assert sched["params"]["total_num_steps"] == 100 and sched["params"]["warmup_num_steps"] == 10
+
+    plain = deepspeed_config(TrainSpec(zero_stage=2), total_steps=10, bf16=True)
+    assert plain["bf16"]["enabled"] is True and "offload_optimizer" not in plain["zero_optimization"]
+    assert "stage3_param_persistence_threshold" not in plain["zero_optimization"]
+    with pytest.raises(ValueError, match="offload_params needs train.zero_stage 3"):
+        deepspeed_config(TrainSpec(zero_stage=2, offload_params=True), total_steps=10, bf16=False)
+    with pytest.raises(ValueError, match="offload_optimizer needs"):
+        deepspeed_config(TrainSpec(zero_stage=0, offload_optimizer=True), total_steps=10, bf16=False)
