@@ -9,24 +9,63 @@
 | PRIME_RAY_RAY_TOKEN_FILE     | Ray's auth token (sent as a bearer token)          | ~/.ray/auth_token if present  |
 | PRIME_RAY_ARTIFACT_ROOT      | where jobs write artifacts (path or URI)           | <cache>/jobs                  |
 | PRIME_RAY_MAX_BODY_BYTES     | largest request body accepted                      | 1048576                       |
+| PRIME_RAY_POLL_INTERVAL_S    | how often running jobs are polled in Ray           | 1.0                           |
+| PRIME_RAY_JOB_PYTHON         | Python that runs a job on the Ray head             | the gateway's own Python      |
 | PRIME_RAY_URL / PRIME_RAY_API_KEY | the SDK and CLI client's gateway and key      | http://127.0.0.1:8000 / none  |
+
+The artifact root must be a directory the gateway can read (a local path, or a shared mount that the
+Ray head writes to): the gateway serves events and artifacts from it.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+import os
+import sys
+from pathlib import Path
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prime_ray.paths import cache_dir
 
+# Variables a job's runner needs to find the same caches and offline switches as the gateway.
+FORWARDED_ENV = ("PRIME_RAY_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR")
+
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PRIME_RAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PRIME_RAY_", extra="ignore", frozen=True)
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
     db_url: str = Field(default_factory=lambda: f"sqlite:///{cache_dir() / 'gateway.db'}")
     ray_address: str = "http://127.0.0.1:8265"
     ray_token_file: str | None = None
     artifact_root: str = Field(default_factory=lambda: str(cache_dir("jobs")))
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = Field(1 << 20, gt=0)
+    poll_interval_s: float = Field(1.0, gt=0, description="Seconds between two polls of the active jobs.")
+    job_python: str = Field(default_factory=lambda: sys.executable, description="Python of a job's entrypoint.")
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _local_root(cls, root: str) -> str:
+        if "://" in root and not root.startswith("file://"):
+            raise ValueError(
+                f"artifact_root {root!r}: the gateway serves artifacts from a directory it can read; "
+                "mount the shared storage and give its path"
+            )
+        return str(Path(root.removeprefix("file://")).expanduser().resolve())
+
+    def ray_token(self) -> str | None:
+        """Ray's token: the configured file, else Ray's own sources (RAY_AUTH_TOKEN[_PATH], ~/.ray/auth_token)."""
+        if self.ray_token_file:
+            return Path(self.ray_token_file).expanduser().read_text().strip()
+        if os.environ.get("RAY_AUTH_TOKEN"):
+            return os.environ["RAY_AUTH_TOKEN"].strip()
+        for candidate in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
+            if candidate and Path(candidate).is_file():
+                return Path(candidate).read_text().strip()
+        return None
+
+    def job_env(self) -> dict[str, str]:
+        """Environment a job's runner gets on top of the Ray head's."""
+        return {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}

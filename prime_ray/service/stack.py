@@ -1,0 +1,102 @@
+"""`prime-ray up` / `down`: a local Ray head and a gateway on loopback, as background processes.
+
+`up` records what it started (PIDs, process group, ports, temp dir) in a state file under the cache;
+`down` stops exactly those processes and removes the file. Running `up` twice reuses what runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from prime_ray.paths import cache_dir
+from prime_ray.service.db import open_database
+from prime_ray.service.keys import create_key, has_live_key
+from prime_ray.service.local import (
+    LocalRay,
+    free_port,
+    read_state,
+    start_ray_head,
+    stop_process_group,
+    stop_ray_head,
+    wait_for_http,
+)
+from prime_ray.service.settings import GatewaySettings
+
+
+def state_file() -> Path:
+    return cache_dir() / "up.json"
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    api_key: str | None  # only when `up` created it: keys are shown once
+    reused: bool
+    state: dict
+
+
+def _alive(pid: int, created: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - created) < 1e-3
+    except psutil.Error:
+        return False
+
+
+def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) -> Stack:
+    """Start Ray and the gateway unless the recorded ones still run; make an admin key if there is none."""
+    path = state_file()
+    state = read_state(path)
+    if state and _alive(state["gateway"]["pid"], state["gateway"]["created"]):
+        return Stack(url=state["gateway"]["url"], api_key=None, reused=True, state=state)
+    if state:
+        down()  # leftovers of a stack that half died
+
+    head = start_ray_head(cache_dir("ray-up"), num_cpus=num_cpus)
+    state = {"ray": head.to_json(), "db_url": settings.db_url, "artifact_root": settings.artifact_root}
+    path.write_text(json.dumps(state, indent=2))  # recorded at once: `down` can stop a half-started stack
+    try:
+        port = settings.port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = Path(head.temp_dir) / "gateway.log"
+        env = {**os.environ, "PRIME_RAY_RAY_TOKEN_FILE": head.token_file}
+        command = [sys.executable, "-m", "prime_ray", "gateway", "--host", "127.0.0.1", "--port", str(port),
+                   "--db-url", settings.db_url, "--ray-address", head.jobs_url,
+                   "--artifact-root", settings.artifact_root]
+        with log_path.open("ab") as log:
+            gateway = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        state["gateway"] = {"pid": gateway.pid, "created": psutil.Process(gateway.pid).create_time(),
+                            "url": url, "log": str(log_path)}
+        path.write_text(json.dumps(state, indent=2))
+        wait_for_http(f"{url}/healthz", timeout_s=timeout_s)
+    except BaseException:
+        down()
+        raise
+    api_key = None
+    sessions = open_database(settings.db_url)
+    if not has_live_key(sessions):
+        _, api_key = create_key(sessions, name="admin")
+    sessions.kw["bind"].dispose()
+    return Stack(url=url, api_key=api_key, reused=False, state=state)
+
+
+def down() -> bool:
+    """Stop what `up` started; False if nothing was recorded."""
+    path = state_file()
+    state = read_state(path)
+    if state is None:
+        return False
+    gateway = state.get("gateway")
+    if gateway and _alive(gateway["pid"], gateway["created"]):
+        stop_process_group(gateway["pid"])
+    if "ray" in state:
+        stop_ray_head(LocalRay(**state["ray"]))
+    path.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,143 @@
+"""The gateway's database layer: migrations, the job state machine, jobs, API keys, progress folding."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from prime_ray.pipeline.events import EventLog, read_events
+from prime_ray.service.db import ApiKeyRow, Base, make_engine, migrate, open_database
+from prime_ray.service.keys import create_key, has_live_key, list_keys, revoke_key, verify_key
+from prime_ray.service.progress import JobProgress
+from prime_ray.service.states import IllegalTransition, JobState, check_transition
+from prime_ray.service.store import BadCursor, IdempotencyConflict, JobStore, decode_cursor, submission_id
+from prime_ray.spec import parse_spec
+
+ALLOWED = {
+    ("queued", "running"), ("queued", "failed"), ("queued", "cancelled"),
+    ("running", "succeeded"), ("running", "failed"), ("running", "cancelled"),
+}
+
+
+def _spec(name="job", **extra):
+    return parse_spec({"name": name, "data": {"source": {"format": "jsonl", "path": "u.jsonl"},
+                                              "task": {"kind": "rating"}}, **extra})
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    return open_database(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+
+@pytest.fixture
+def store(sessions, tmp_path):
+    return JobStore(sessions, str(tmp_path / "artifacts"))
+
+
+def test_migrations_create_exactly_the_models_and_run_twice(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate(engine)
+    migrate(engine)  # already at head: nothing to do, no error
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        assert {"jobs", "api_keys", "alembic_version"} <= set(inspect(connection).get_table_names())
+
+
+@pytest.mark.parametrize("current,wanted", list(itertools.product([s.value for s in JobState], repeat=2)))
+def test_state_machine_allows_only_its_moves(current, wanted):
+    if (current, wanted) in ALLOWED:
+        assert check_transition("j", current, wanted) is JobState(wanted)
+    else:
+        with pytest.raises(IllegalTransition, match=f"cannot go from {current} to {wanted}"):
+            check_transition("j", current, wanted)
+
+
+def test_store_refuses_an_illegal_transition_and_keeps_the_row(store):
+    job, _ = store.create(_spec(), owner_key_id="k")
+    store.update(job.id, state=JobState.running, stage="ingest")
+    store.update(job.id, state=JobState.succeeded)
+    with pytest.raises(IllegalTransition):
+        store.update(job.id, state=JobState.running)
+    with pytest.raises(IllegalTransition):
+        store.request_cancel(job.id)
+    row = store.get(job.id)
+    assert row.state == "succeeded" and row.started_at and row.finished_at and not row.cancel_requested
+
+
+def test_created_job_runs_under_its_id_in_the_gateway_root(store, tmp_path):
+    job, created = store.create(_spec("mine", artifact_root="/etc", resources={"ray_address": "ray://x:1"}), "k")
+    assert created and job.state == "queued" and job.name == "mine"
+    assert job.spec["name"] == job.id and job.submission_id == submission_id(job.id)
+    assert job.spec["artifact_root"] == str(tmp_path / "artifacts")  # never where the submitter said
+    assert job.spec["resources"]["ray_address"] is None  # it joins the cluster it is submitted to
+
+
+def test_idempotency_key_per_owner(store):
+    first, created = store.create(_spec(), "k1", idempotency_key="abc")
+    again, created_again = store.create(_spec(), "k1", idempotency_key="abc")
+    other_owner, created_other = store.create(_spec(), "k2", idempotency_key="abc")
+    assert created and not created_again and again.id == first.id
+    assert created_other and other_owner.id != first.id
+    with pytest.raises(IdempotencyConflict, match="different spec"):
+        store.create(_spec(seed=5), "k1", idempotency_key="abc")
+
+
+def test_pages_are_newest_first_and_filtered(store):
+    ids = [store.create(_spec(f"j{i}"), "k")[0].id for i in range(5)]
+    store.update(ids[1], state=JobState.running)
+    first, cursor = store.page(limit=2)
+    second, cursor2 = store.page(limit=2, cursor=cursor)
+    third, cursor3 = store.page(limit=2, cursor=cursor2)
+    assert [j.id for j in first + second + third] == ids[::-1] and cursor3 is None
+    running, _ = store.page(state=JobState.running)
+    assert [j.id for j in running] == [ids[1]]
+    assert store.counts_by_state() == {"queued": 4, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
+    for bad in ("zzz", "c2VxOng", "", "!!"):
+        with pytest.raises(BadCursor):
+            decode_cursor(bad)
+
+
+def test_keys_are_stored_hashed_and_can_be_revoked(sessions):
+    row, key = create_key(sessions, name="ci", read_only=True)
+    assert key.startswith(f"prk_{row.id}_")
+    secret = key.split("_")[2]
+    with sessions() as session:
+        stored = session.scalars(select(ApiKeyRow)).one()
+    assert secret not in (stored.digest, stored.salt) and key not in str(vars(stored))
+    assert verify_key(sessions, key).read_only
+    assert verify_key(sessions, key[:-1] + ("0" if key[-1] != "0" else "1")) is None
+    assert verify_key(sessions, f"prk_nosuchid_{secret}") is None
+    assert verify_key(sessions, "garbage") is None
+    assert not has_live_key(sessions)  # read-only keys do not count as an admin key
+    assert revoke_key(sessions, row.id) and not revoke_key(sessions, row.id)
+    assert verify_key(sessions, key) is None
+    assert [k.revoked_at is not None for k in list_keys(sessions)] == [True]
+
+
+def test_events_fold_into_stage_progress_and_metrics(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl")
+    log.emit("job_started", metrics={"stages": ["ingest", "memory", "traces"]})
+    log.emit("stage_skipped", "ingest", metrics={"users": 8})
+    log.emit("stage_started", "memory")
+    log.emit("progress", "memory", done=3, total=10, metrics={"users_per_s": 2.5})
+    progress = JobProgress()
+    offset = 0
+    for offset, event in read_events(log.path):
+        progress.apply(event)
+    assert progress.stage == "memory"
+    assert progress.progress["ingest"]["state"] == "skipped" and progress.metrics["ingest"] == {"users": 8}
+    assert progress.progress["memory"] == {"state": "running", "done": 3, "total": 10, "metrics": {"users_per_s": 2.5}}
+    assert progress.progress["traces"]["state"] == "pending"
+
+    log.emit("stage_finished", "memory", metrics={"users": 8, "seconds": 1.5})
+    log.emit("stage_started", "traces")
+    log.emit("stage_failed", "traces", message="RuntimeError: replica died")
+    for offset, event in read_events(log.path, offset):  # only the new lines
+        progress.apply(event)
+    assert progress.progress["memory"]["done"] == 10 and progress.progress["memory"]["state"] == "finished"
+    assert progress.progress["traces"]["state"] == "failed"
+    assert progress.error == "stage 'traces' failed: RuntimeError: replica died"
