@@ -11,10 +11,12 @@ its process group and temporary directory.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from prime_ray.client import JobFailed, PrimeClient
 from prime_ray.service.local import LocalRay, free_port, stop_ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(os.sys.executable).parent
+VENV_BIN = Path(sys.executable).parent  # where `ray` and `prime-ray` are, as install.sh's PATH line
 LOOPBACK = "127.0.0.2"  # Ray maps 127.0.0.1 to the machine's address; the rest of 127/8 it takes as given
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
@@ -49,10 +51,32 @@ def head():
     """A head node started by cluster/local.yaml's own commands; yields (env, their output), then stops it."""
     config = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
     base = Path(tempfile.mkdtemp(prefix="prh", dir="/tmp"))  # short: Ray's socket paths live under it
+    started: list[int] = []
+    try:
+        env = _head_env(base, config)
+        outputs = []
+        for command in config["head_start_ray_commands"]:
+            if command == "ray stop":
+                continue  # it would stop every Ray started with `ray start` on this shared machine
+            proc = subprocess.Popen(["bash", "-c", command], env=env, cwd=env["HOME"], start_new_session=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            started.append(proc.pid)
+            output, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"`{command}` failed:\n{output[-3000:]}"
+            outputs.append(output)
+        yield env, "\n".join(outputs)
+    finally:
+        for pgid in started:
+            stop_ray_head(LocalRay(temp_dir=str(base), pgid=pgid, ports={}, token_file=""))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _head_env(base: Path, config: dict) -> dict[str, str]:
+    """The head's home as `ray up` leaves it (checkout, token, bootstrap config), and its environment."""
     home = base / "home"
     home.mkdir()
     (home / "prime-ray").symlink_to(ROOT)
-
+    (base / "ray").mkdir()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_", "PRIME_RAY_")) or k == "PRIME_RAY_CACHE_DIR"}
     env.update(
@@ -71,33 +95,15 @@ def head():
         PRIME_RAY_ARTIFACT_ROOT=str(base / "artifacts"),
         PRIME_RAY_DB_URL=f"sqlite:///{base / 'gateway.db'}",
     )
-    (base / "ray").mkdir()
     subprocess.run(["ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     assert (home / ".ray" / "auth_token").is_file()
-
     # What `ray up` uploads to the head; the monitor (autoscaler) reads it.
-    config["provider"].update(head_ip=LOOPBACK, worker_ips=[])
     from ray.autoscaler._private.util import prepare_config
 
-    (home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(prepare_config(config)))
-
-    started: list[int] = []
-    outputs: list[str] = []
-    try:
-        for command in config["head_start_ray_commands"]:
-            if command == "ray stop":
-                continue  # it would stop every Ray started with `ray start` on this shared machine
-            proc = subprocess.Popen(["bash", "-c", command], env=env, cwd=home, start_new_session=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            started.append(proc.pid)
-            output, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 0, f"`{command}` failed:\n{output[-3000:]}"
-            outputs.append(output)
-        yield env, "\n".join(outputs)
-    finally:
-        for pgid in started:
-            stop_ray_head(LocalRay(temp_dir=str(base), pgid=pgid, ports={}, token_file=""))
-        shutil.rmtree(base, ignore_errors=True)
+    bootstrap = copy.deepcopy(config)
+    bootstrap["provider"].update(head_ip=LOOPBACK, worker_ips=[])
+    (home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(prepare_config(bootstrap)))
+    return env
 
 
 def test_local_head_runs_a_job_submitted_through_the_gateway(head, tmp_path):

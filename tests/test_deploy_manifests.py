@@ -397,8 +397,8 @@ def test_dockerfile_copies_files_that_exist_and_installs_with_the_shared_script(
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     copied = {source for *sources, _ in copies for source in sources}
-    assert {"pyproject.toml", "requirements.lock", "prime_ray", "cluster/install.sh"} <= copied
-    assert (ROOT / "README.md").name in copied  # pyproject's readme: the build reads it
+    # README.md: pyproject's readme, which the package build reads
+    assert {"pyproject.toml", "requirements.lock", "README.md", "prime_ray", "cluster/install.sh"} <= copied
     runs = " ".join(a for i, a in instructions if i == "RUN")
     assert "cluster/install.sh" in runs and "pip install" not in runs  # one install recipe, pinned there
     assert "==" in runs  # the extras it adds are pinned too
