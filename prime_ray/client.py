@@ -201,6 +201,7 @@ class Job:
     error = property(lambda self: self.data.get("error"))
     progress = property(lambda self: self.data.get("progress", {}))
     metrics = property(lambda self: self.data.get("metrics", {}))
+    cancel_requested = property(lambda self: bool(self.data.get("cancel_requested")))
 
     @property
     def done(self) -> bool:

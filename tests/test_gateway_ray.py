@@ -1,0 +1,181 @@
+"""The gateway with a real Ray: `prime-ray up` (a local Ray head with the Jobs API, and the gateway in the
+background), jobs submitted through the SDK, and `prime-ray down` at the end.
+
+A job that must still be running at a given moment reads its data from a named pipe: its ingest stage
+waits on the pipe until the test writes the data (or cancels the job), so no timing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from prime_ray.client import JobFailed, PrimeClient
+from prime_ray.service.local import stop_process_group, wait_for_http
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+FIXTURE = Path(__file__).parent / "fixtures" / "service" / "users.jsonl"
+
+
+def _spec(data: Path, name: str = "tiny") -> dict:
+    return {"name": name, "model": {"name_or_path": "tiny-test"}, "stages": ["ingest"],
+            "data": {"source": {"format": "jsonl", "path": str(data)}, "task": {"kind": "rating"}}}
+
+
+class Stack:
+    """What `prime-ray up` started, and a way to kill and restart its gateway as a crash would."""
+
+    def __init__(self, home: Path, env: dict, url: str, key: str):
+        self.home, self.env, self.url, self.key = home, env, url, key
+        self.state = json.loads((home / "up.json").read_text())
+        self.gateway_pid = self.state["gateway"]["pid"]
+        self.restarted: subprocess.Popen | None = None
+
+    def client(self) -> PrimeClient:
+        return PrimeClient(self.url, self.key)
+
+    def ray_jobs(self):
+        from ray.job_submission import JobSubmissionClient
+
+        token = Path(self.state["ray"]["token_file"]).read_text().strip()
+        dashboard = f"http://127.0.0.1:{self.state['ray']['ports']['dashboard-port']}"
+        return JobSubmissionClient(dashboard, headers={"Authorization": f"Bearer {token}"})
+
+    def kill_gateway(self) -> None:
+        os.killpg(self.gateway_pid, signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(self.gateway_pid)], timeout=10)
+
+    def start_gateway(self) -> None:
+        """The same gateway again: same database, artifacts, port and Ray."""
+        port = self.url.rsplit(":", 1)[1]
+        command = [sys.executable, "-m", "prime_ray", "gateway", "--host", "127.0.0.1", "--port", port,
+                   "--db-url", self.state["db_url"], "--artifact-root", self.state["artifact_root"],
+                   "--ray-address", f"http://127.0.0.1:{self.state['ray']['ports']['dashboard-port']}",
+                   "--ray-token-file", self.state["ray"]["token_file"]]
+        log = (self.home / "gateway-restarted.log").open("ab")
+        self.restarted = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        self.gateway_pid = self.restarted.pid
+        wait_for_http(f"{self.url}/healthz", timeout_s=120)
+
+
+def _run_cli(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prime_ray", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    home = Path(tempfile.mkdtemp(prefix="prg-", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {**os.environ, "PRIME_RAY_CACHE_DIR": str(home), "PRIME_RAY_POLL_INTERVAL_S": "0.3"}
+    for name in ("PRIME_RAY_DB_URL", "PRIME_RAY_ARTIFACT_ROOT", "PRIME_RAY_PORT", "RAY_ADDRESS"):
+        env.pop(name, None)
+    started = _run_cli(["up", "--port", "0"], env, timeout=300)
+    stack = None
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        export = next(line for line in started.stdout.splitlines() if line.startswith("export "))
+        values = dict(part.split("=", 1) for part in export.split()[1:])
+        stack = Stack(home, env, values["PRIME_RAY_URL"], values["PRIME_RAY_API_KEY"])
+        again = _run_cli(["up", "--port", "0"], env, timeout=120)
+        assert again.returncode == 0 and "already running" in again.stdout and stack.url in again.stdout
+        yield stack
+    finally:
+        if stack is not None and stack.restarted is not None:
+            stop_process_group(stack.restarted.pid)
+        stopped = _run_cli(["down"], env, timeout=120)
+        leftovers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or ())]
+        shutil.rmtree(home, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (home / "up.json").exists() and leftovers == []
+
+
+def _until(predicate, timeout: float = 120, every: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("condition not met in time")
+
+
+def test_a_job_runs_to_success_with_stage_progress_events_logs_and_artifacts(stack, tmp_path):
+    data = tmp_path / "users.jsonl"
+    shutil.copy(FIXTURE, data)
+    with stack.client() as client:
+        job = client.submit(_spec(data)).wait(timeout=240, progress=False)
+        assert job.state == "succeeded" and job.stage is None and job.error is None
+        ingest = job.progress["ingest"]
+        assert ingest["state"] == "finished" and ingest["done"] == ingest["total"] > 0
+        assert job.metrics["ingest"]["users"] == 6 and job.metrics["ingest"]["problems"] == 0
+
+        kinds = [event.kind for event in job.events()]
+        assert kinds[0] == "job_started" and kinds[-1] == "job_finished" and "stage_finished" in kinds
+        with httpx.stream("GET", f"{stack.url}/v1/jobs/{job.id}/events", timeout=30,
+                          headers={"Authorization": f"Bearer {stack.key}", "Accept": "text/event-stream"}) as sse:
+            streamed = [line.split(":", 1)[1].strip() for line in sse.iter_lines() if line.startswith("event:")]
+        assert streamed == kinds  # the stream ends by itself: the job has ended
+
+        assert f"job {job.id}" in job.logs()
+        paths = {item["path"] for item in job.artifacts()}
+        assert {"spec.json", "events.jsonl", "ingest/manifest.json", "ingest/examples.parquet"} <= paths
+        written = job.download(tmp_path / "got", paths=["ingest/manifest.json", "ingest/examples.parquet"])
+        job_dir = Path(stack.state["artifact_root"]) / job.id
+        for path in written:
+            assert path.read_bytes() == (job_dir / path.relative_to(tmp_path / "got")).read_bytes()
+        assert json.loads((tmp_path / "got" / "ingest" / "manifest.json").read_text())["stage"] == "ingest"
+
+
+def test_a_running_job_is_cancelled_through_ray(stack, tmp_path):
+    data = tmp_path / "users.jsonl"
+    os.mkfifo(data)  # nothing is ever written: ingest waits until the job is stopped
+    with stack.client() as client:
+        job = client.submit(_spec(data))
+        _until(lambda: job.refresh().state == "running" and job.stage == "ingest")
+        assert job.cancel().cancel_requested
+        with pytest.raises(JobFailed, match="cancelled"):
+            job.wait(timeout=120, progress=False)
+        assert job.state == "cancelled" and job.progress["ingest"]["state"] == "running"
+        assert "job_cancelled" in [event.kind for event in job.events()]  # the runner saw the stop
+    assert stack.ray_jobs().get_job_status(f"prime-ray-{job.id}").value == "STOPPED"
+
+
+def test_a_killed_gateway_is_restarted_and_follows_the_job_to_its_end(stack, tmp_path):
+    data = tmp_path / "users.jsonl"
+    os.mkfifo(data)
+    with stack.client() as client:
+        job = client.submit(_spec(data, name="survivor"))
+        _until(lambda: job.refresh().state == "running" and job.stage == "ingest")
+
+    stack.kill_gateway()
+    ray_jobs = stack.ray_jobs()
+    assert ray_jobs.get_job_status(f"prime-ray-{job.id}").value == "RUNNING"
+    stack.start_gateway()
+
+    # Opening the write end without blocking succeeds only while the job is there reading: it still runs.
+    fd = os.open(data, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, FIXTURE.read_bytes())
+    finally:
+        os.close(fd)
+    with stack.client() as client:
+        job = client.get(job.id).wait(timeout=180, progress=False)
+        assert job.state == "succeeded" and job.progress["ingest"]["state"] == "finished"
+        assert job.metrics["ingest"]["users"] == 6
+        kinds = [event.kind for event in job.events()]
+    assert kinds[0] == "job_started" and kinds[-1] == "job_finished"  # nothing from before the crash is lost
+    submissions = [j for j in ray_jobs.list_jobs() if (j.metadata or {}).get("prime_ray_job") == job.id]
+    assert [j.submission_id for j in submissions] == [f"prime-ray-{job.id}"]  # submitted once
