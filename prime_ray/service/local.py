@@ -134,7 +134,7 @@ def _cluster_processes(head: LocalRay) -> list[psutil.Process]:
     return list(found.values())
 
 
-def stop_ray_head(head: LocalRay, grace_s: float = 5) -> int:
+def stop_ray_head(head: LocalRay, grace_s: float = 3) -> int:
     """Stop that cluster's processes (SIGTERM, then SIGKILL after `grace_s`); return how many there were."""
     procs = _cluster_processes(head)
     for proc in procs:
