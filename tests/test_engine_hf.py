@@ -112,6 +112,13 @@ def test_score_equals_a_manual_computation(engine, prompts):
         engine.score(prompts, continuations[:2])
 
 
+def test_empty_prompts_are_rejected_by_index(engine, prompts):
+    with pytest.raises(ValueError, match="empty prompt at index 1"):
+        engine.generate([prompts[0], ""], SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="empty prompt at index 0"):
+        engine.score([""], ["Answer: 4"])
+
+
 def test_score_prefers_what_the_model_learned(tmp_path):
     """Fine-tune the tiny model toward one answer: score() ranks it first and greedy generation writes it."""
     model, tokenizer = load_model(TINY)

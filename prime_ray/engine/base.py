@@ -19,7 +19,7 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None  # same seed, prompts and batch -> same texts
-    stop: tuple[str, ...] = ()  # generation of a sequence ends after any of these strings
+    stop: tuple[str, ...] = ()  # generation of a sequence ends after any of these strings (kept in the text)
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Generation:
     text: str  # the completion only, without the prompt; cut after a stop string
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length"]  # stop: EOS or a stop string; length: max_new_tokens reached
 
 
 class GenerationEngine(abc.ABC):
@@ -43,6 +43,13 @@ class GenerationEngine(abc.ABC):
 
     def close(self) -> None:
         """Free the model (GPU memory)."""
+
+
+def require_tokens(encoded: list[list[int]]) -> None:
+    """Reject empty prompts: there is nothing to condition on (and no position to predict from)."""
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"empty prompt at index {', '.join(map(str, empty[:10]))}: a prompt needs at least one token")
 
 
 ENGINES: dict[str, Callable[..., GenerationEngine]] = {}

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine
+from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
 from prime_ray.models.loading import load_model
 from prime_ray.spec import ModelSpec
 
@@ -79,9 +79,8 @@ class HFEngine(GenerationEngine):
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            if row:
-                ids[i, width - len(row) :] = torch.tensor(row)
-                mask[i, width - len(row) :] = 1
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def _generation_kwargs(self, params: SamplingParams) -> dict:
@@ -99,20 +98,22 @@ class HFEngine(GenerationEngine):
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         return kwargs
 
-    def _finish(self, prompt_len: int, new_ids: list[int], stop: tuple[str, ...]) -> Generation:
+    def _finish(self, prompt_len: int, new_ids: list[int], params: SamplingParams) -> Generation:
         """Text, token count and finish reason of one generated row (padding after its end dropped)."""
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(new_ids) if t in eos), None)
         ids = new_ids if end is None else new_ids[:end]
+        while end is None and ids and ids[-1] == self.pad_token_id:  # a row stopped before the others
+            ids = ids[:-1]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((text.find(s) + len(s) for s in stop if s in text), default=None)
+        cut = min((text.find(s) + len(s) for s in params.stop if s in text), default=None)
         if cut is not None:
             text = text[:cut]
             ids = ids[: self._tokens_covering(ids, text)]
-            reason = "stop"
-        else:
-            reason = "stop" if end is not None else "length"
-        return Generation(text=text, prompt_tokens=prompt_len, completion_tokens=len(ids), finish_reason=reason)
+        stopped = end is not None or cut is not None or len(ids) < params.max_new_tokens
+        return Generation(
+            text=text, prompt_tokens=prompt_len, completion_tokens=len(ids), finish_reason="stop" if stopped else "length"
+        )
 
     def _tokens_covering(self, ids: list[int], text: str) -> int:
         """The fewest leading tokens of `ids` whose decoding contains `text` (binary search)."""
@@ -130,6 +131,7 @@ class HFEngine(GenerationEngine):
         if not prompts:
             return []
         encoded = self._encode(prompts)
+        require_tokens(encoded)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         kwargs = self._generation_kwargs(params)
         results: list[Generation | None] = [None] * len(prompts)
@@ -141,7 +143,7 @@ class HFEngine(GenerationEngine):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
                 new = out[:, ids.shape[1] :].tolist()
                 for row, index in enumerate(chunk):
-                    results[index] = self._finish(len(encoded[index]), new[row], params.stop)
+                    results[index] = self._finish(len(encoded[index]), new[row], params)
         return results  # type: ignore[return-value]
 
     # ---------------------------------------------------------------------------------- score
@@ -154,6 +156,7 @@ class HFEngine(GenerationEngine):
             return []
         # Separate tokenization keeps the prompt's tokens exactly as generation sees them.
         heads, tails = self._encode(prompts), self._encode(continuations)
+        require_tokens(heads)  # the first continuation token needs a prompt token to be predicted from
         order = sorted(range(len(prompts)), key=lambda i: len(heads[i]) + len(tails[i]))
         scores = [0.0] * len(prompts)
         for chunk in _chunks(order, self.max_batch_size):
@@ -172,7 +175,7 @@ class HFEngine(GenerationEngine):
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
         # Logits only where a continuation token is predicted: position p predicts token p + 1.
-        first = max(min(len(h) for h in heads) - 1, 0)
+        first = min(len(h) for h in heads) - 1
         keep = torch.arange(first, width - 1)
         logits = self.model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=keep.to(self.device)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine
+from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
 from prime_ray.models.loading import load_tokenizer, resolve_model_path
 from prime_ray.spec import ModelSpec
 
@@ -75,7 +75,9 @@ class VLLMEngine(GenerationEngine):
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         if not prompts:
             return []
-        requests = [{"prompt_token_ids": ids} for ids in self._encode(prompts)]
+        encoded = self._encode(prompts)
+        require_tokens(encoded)
+        requests = [{"prompt_token_ids": ids} for ids in encoded]
         sampling = [
             self._vllm.SamplingParams(
                 n=1,
@@ -108,6 +110,7 @@ class VLLMEngine(GenerationEngine):
         if not prompts:
             return []
         heads, tails = self._encode(prompts), self._encode(continuations)
+        require_tokens(heads)
         requests = [{"prompt_token_ids": h + t} for h, t in zip(heads, tails)]
         # One generated token is the least vLLM allows; the prompt log-probabilities are what we read.
         sampling = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
@@ -116,7 +119,7 @@ class VLLMEngine(GenerationEngine):
         for head, tail, out in zip(heads, tails, outputs):
             ids = head + tail
             per_position = out.prompt_logprobs  # [None, {token_id: Logprob}, ...]; position 0 has none
-            scores.append(sum(per_position[p][ids[p]].logprob for p in range(max(len(head), 1), len(ids))))
+            scores.append(sum(per_position[p][ids[p]].logprob for p in range(len(head), len(ids))))
         return scores
 
     def close(self) -> None:
