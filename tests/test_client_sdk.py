@@ -197,3 +197,12 @@ def test_keys_commands(tmp_path):
     assert runner.invoke(cli, ["keys", "revoke", key_id, "--db-url", db_url]).exit_code == 0
     again = runner.invoke(cli, ["keys", "revoke", key_id, "--db-url", db_url])
     assert again.exit_code == 1 and "no live key" in again.stderr
+
+
+def test_the_sdk_imports_neither_ray_nor_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, prime_ray.client; print(sorted({'ray', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -95,6 +95,7 @@ def stack():
     finally:
         if stack is not None and stack.restarted is not None:
             stop_process_group(stack.restarted.pid)
+            stack.restarted.wait(timeout=30)
         stopped = _run_cli(["down"], env, timeout=120)
         leftovers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or ())]
         shutil.rmtree(home, ignore_errors=True)
@@ -179,3 +180,20 @@ def test_a_killed_gateway_is_restarted_and_follows_the_job_to_its_end(stack, tmp
     assert kinds[0] == "job_started" and kinds[-1] == "job_finished"  # nothing from before the crash is lost
     submissions = [j for j in ray_jobs.list_jobs() if (j.metadata or {}).get("prime_ray_job") == job.id]
     assert [j.submission_id for j in submissions] == [f"prime-ray-{job.id}"]  # submitted once
+
+
+def test_up_refuses_a_taken_port_before_starting_anything(tmp_path, monkeypatch):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from prime_ray.cli import app as cli
+
+    monkeypatch.setenv("PRIME_RAY_CACHE_DIR", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["up", "--port", str(port)])
+    assert result.exit_code == 1 and f"port {port} is taken" in result.stderr
+    assert not (tmp_path / "up.json").exists() and not (tmp_path / "ray-up").exists()

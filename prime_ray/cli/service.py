@@ -92,7 +92,11 @@ def up(
     """Start a local Ray head (Jobs API) and the gateway on loopback, in the background."""
     from prime_ray.service import stack
 
-    result = stack.up(_settings(port=port), num_cpus=num_cpus)
+    try:
+        result = stack.up(_settings(port=port), num_cpus=num_cpus)
+    except (RuntimeError, TimeoutError) as e:
+        Console(stderr=True).print(f"[red]prime-ray up failed:[/red] {e}", highlight=False)
+        raise typer.Exit(1)
     console = Console()
     console.print(f"gateway {'already running' if result.reused else 'started'}: {result.url}")
     console.print(f"ray jobs api: {result.state['ray']['temp_dir']} "

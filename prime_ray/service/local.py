@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import psutil
@@ -34,6 +35,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -99,11 +109,15 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, object_store_mb: int = 
     return head
 
 
-def wait_for_http(url: str, headers: dict[str, str] | None = None, timeout_s: float = 60) -> None:
-    """Return once `url` answers 200; raise TimeoutError after `timeout_s`."""
+def wait_for_http(url: str, headers: dict[str, str] | None = None, timeout_s: float = 60,
+                  alive: Callable[[], bool] | None = None) -> None:
+    """Return once `url` answers 200; raise TimeoutError after `timeout_s`, RuntimeError as soon as
+    `alive()` says the server's process has ended."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server behind {url} exited before it answered")
         try:
             response = httpx.get(url, headers=headers, timeout=5)
             if response.status_code == 200:
@@ -160,15 +174,24 @@ def stop_process_group(pid: int, grace_s: float = 10) -> None:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+        if not _group_running(pid):
             return
         time.sleep(0.1)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of the group still runs (an exited child its parent has not reaped does not)."""
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError):
+            continue
+    return False
 
 
 def read_state(path: Path) -> dict | None:

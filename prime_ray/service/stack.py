@@ -21,6 +21,7 @@ from prime_ray.service.keys import create_key, has_live_key
 from prime_ray.service.local import (
     LocalRay,
     free_port,
+    port_is_free,
     read_state,
     start_ray_head,
     stop_process_group,
@@ -53,17 +54,20 @@ def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) 
     """Start Ray and the gateway unless the recorded ones still run; make an admin key if there is none."""
     path = state_file()
     state = read_state(path)
-    if state and _alive(state["gateway"]["pid"], state["gateway"]["created"]):
-        return Stack(url=state["gateway"]["url"], api_key=None, reused=True, state=state)
+    running = (state or {}).get("gateway")
+    if running and _alive(running["pid"], running["created"]):
+        return Stack(url=running["url"], api_key=None, reused=True, state=state)
     if state:
         down()  # leftovers of a stack that half died
+    port = settings.port or free_port()
+    if not port_is_free(port):
+        raise RuntimeError(f"port {port} is taken: choose another with --port (0: any free port)")
+    url = f"http://127.0.0.1:{port}"
 
     head = start_ray_head(cache_dir("ray-up"), num_cpus=num_cpus)
     state = {"ray": head.to_json(), "db_url": settings.db_url, "artifact_root": settings.artifact_root}
     path.write_text(json.dumps(state, indent=2))  # recorded at once: `down` can stop a half-started stack
     try:
-        port = settings.port or free_port()
-        url = f"http://127.0.0.1:{port}"
         log_path = Path(head.temp_dir) / "gateway.log"
         env = {**os.environ, "PRIME_RAY_RAY_TOKEN_FILE": head.token_file}
         command = [sys.executable, "-m", "prime_ray", "gateway", "--host", "127.0.0.1", "--port", str(port),
@@ -75,7 +79,10 @@ def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) 
         state["gateway"] = {"pid": gateway.pid, "created": psutil.Process(gateway.pid).create_time(),
                             "url": url, "log": str(log_path)}
         path.write_text(json.dumps(state, indent=2))
-        wait_for_http(f"{url}/healthz", timeout_s=timeout_s)
+        try:
+            wait_for_http(f"{url}/healthz", timeout_s=timeout_s, alive=lambda: gateway.poll() is None)
+        except RuntimeError:
+            raise RuntimeError(f"the gateway did not start; its log {log_path}:\n{log_path.read_text()[-2000:]}") from None
     except BaseException:
         down()
         raise
