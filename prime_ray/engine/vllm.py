@@ -6,7 +6,8 @@ Mapping to the shared semantics:
   seed and prompts give the same texts;
 - stop strings are kept in the text (`include_stop_str_in_output`), as the transformers backend does;
 - scoring feeds prompt + continuation token ids and sums the continuation's prompt log-probabilities;
-- a LoRA adapter is served with a `LoRARequest` (no merge).
+- a LoRA adapter is served with a `LoRARequest` (no merge);
+- vLLM schedules its own batches: `max_batch_size` (the Serve batch size) does not cap them.
 vLLM is imported when an engine is built, so the package imports without it.
 """
 
@@ -64,7 +65,6 @@ class VLLMEngine(GenerationEngine):
             model=resolve_model_path(model),
             dtype=dtype,
             trust_remote_code=model.trust_remote_code,
-            max_num_seqs=max(max_batch_size, 1),
             **lora_kwargs,
         )
         self._vllm = vllm
