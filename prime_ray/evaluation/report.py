@@ -229,7 +229,7 @@ def plot_report(report: Report, path: Path) -> None:
                 if np.isnan(value):  # a mode without a value (e.g. no traces in direct mode) is marked, not hidden
                     ax.annotate("n/a", (xi, 0), ha="center", va="bottom", fontsize=7, color="gray")
         ax.set_xticks(x, modes, rotation=30, ha="right", fontsize=8)
-        ax.set_xlim(-0.5, len(modes) - 0.5)  # bars without a value do not widen the axis by themselves
+        ax.set_xlim(-0.5, max(0.5, len(modes) - 0.5))  # bars without a value do not widen the axis by themselves
         ax.set_title(f"{name} ({'lower' if name in LOWER_IS_BETTER else 'higher'} is better)")
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(bottom=0)
