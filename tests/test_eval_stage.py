@@ -1,0 +1,91 @@
+"""The eval stage's pieces that need no cluster: example selection, outcomes, ranking by scores,
+and the example specs. (The stage itself runs on Ray in tests/test_end_to_end.py.)"""
+
+from pathlib import Path
+
+import pytest
+
+from prime_ray.data.schema import Example
+from prime_ray.engine.base import Generation
+from prime_ray.pipeline.stages.eval import MODES, _AnswerUser, _Generated, _outcome, _select
+from prime_ray.spec import EvalMode, PromptMode, RankingTask, RatingTask, load_spec
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(i: int, split: str, output: str = "4", candidates=None) -> Example:
+    return Example(example_id=f"u{i % 3}/m{i}", user_id=f"u{i % 3}", split=split, input=f"Movie {i}",
+                   output=output, candidates=candidates, memory_ids=[])
+
+
+def test_every_mode_has_a_model_and_a_prompt_mode():
+    assert set(MODES) == set(EvalMode)
+    assert MODES[EvalMode.prime_personal_think] == ("prime", PromptMode.personal_think)
+    assert MODES[EvalMode.fast_think] == ("fast", PromptMode.think)
+
+
+def test_select_is_seeded_per_split_and_bounded():
+    examples = [_example(i, "test_query") for i in range(10)] + [_example(i, "test_user") for i in range(10, 13)]
+    first = _select(examples, ["test_query", "test_user"], 4, seed=1)
+    assert [len(first["test_query"]), len(first["test_user"])] == [4, 3]
+    assert first == _select(list(reversed(examples)), ["test_query", "test_user"], 4, seed=1)
+    assert {e.split for e in first["test_query"]} == {"test_query"}
+    assert _select(examples, ["test_query"], None, seed=1)["test_query"] == sorted(
+        examples[:10], key=lambda e: e.example_id)
+
+
+def test_outcome_measures_whatever_a_think_mode_wrote():
+    task = RatingTask()
+    looping = _Generated("u0/m0", "the user the user the user likes it. Answer: 5", 12, "stop", None)
+    think, parsed = _outcome(_example(0, "test_query"), PromptMode.think, looping, task)
+    assert think.predicted == "5" and parsed.ok
+    assert think.trace == looping.text  # no think block: the whole output is the trace
+    direct, _ = _outcome(_example(0, "test_query"), PromptMode.direct, looping, task)
+    assert direct.trace is None
+    blocked = _Generated("u0/m0", "<think>\nliked dramas\n</think>\nAnswer: 4", 9, "stop", None)
+    assert _outcome(_example(0, "test_query"), PromptMode.personal_think, blocked, task)[0].trace == "liked dramas"
+
+
+class _FakeGeneralist:
+    """Stands in for the Serve handle: fixed texts, candidate scores from a table."""
+
+    def __init__(self, text: str, scores: dict[str, float]):
+        self.text, self.table, self.scored = text, scores, []
+
+    def generate(self, prompts, params):
+        return [Generation(self.text, 10, 5, "stop") for _ in prompts]
+
+    def score(self, prompts, continuations):
+        self.scored += continuations
+        return [self.table[c.rsplit("Answer: ", 1)[1]] for c in continuations]
+
+
+def test_ranking_scores_candidates_after_the_models_own_trace():
+    task = RankingTask(hit_k=[1, 2])
+    candidates = ["keep calm", "go home", "stay late"]
+    fake = _FakeGeneralist("<think>\nshe leaves early\n</think>\nAnswer: go home",
+                           {"keep calm": -1.0, "go home": -2.0, "stay late": -0.5})
+    worker = _AnswerUser(fake, {"max_new_tokens": 8}, task)
+    [row] = worker([{"example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
+    assert fake.scored[0].startswith("<think>\nshe leaves early\n</think>")
+    gen = _Generated(**row)
+    # parsed "go home" is rank 1, then by score: "stay late" (-0.5), "keep calm" (-1.0)
+    outcome, _ = _outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think, gen, task)
+    assert outcome.gold_rank == 3
+    unparsed = _AnswerUser(_FakeGeneralist("no idea", {}), {"max_new_tokens": 8}, task)
+    [row] = unparsed([{"example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
+    assert row["scores"] is None
+    assert _outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think,
+                    _Generated(**row), task)[0].gold_rank is None
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_specs_are_valid(path):
+    spec = load_spec(path)
+    assert spec.name
+
+
+def test_the_demo_spec_trains_both_students_on_the_packaged_model():
+    spec = load_spec(EXAMPLES / "movielens-rating.yaml")
+    assert spec.model.name_or_path == "smollm2-135m-instruct"
+    assert spec.train.fast_thinking_baseline and set(spec.eval.modes) == set(EvalMode)
