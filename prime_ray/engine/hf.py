@@ -102,15 +102,19 @@ class HFEngine(GenerationEngine):
         """Text, token count and finish reason of one generated row (padding after its end dropped)."""
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(new_ids) if t in eos), None)
-        ids = new_ids if end is None else new_ids[:end]
-        while end is None and ids and ids[-1] == self.pad_token_id:  # a row stopped before the others
-            ids = ids[:-1]
+        if end is None:  # a row stopped by a stop string is padded while the others go on
+            end = len(new_ids)
+            while end and new_ids[end - 1] == self.pad_token_id:
+                end -= 1
+            ids, hit_eos = new_ids[:end], False
+        else:
+            ids, hit_eos = new_ids[:end], True
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = min((text.find(s) + len(s) for s in params.stop if s in text), default=None)
         if cut is not None:
             text = text[:cut]
             ids = ids[: self._tokens_covering(ids, text)]
-        stopped = end is not None or cut is not None or len(ids) < params.max_new_tokens
+        stopped = hit_eos or cut is not None or len(ids) < params.max_new_tokens
         return Generation(
             text=text, prompt_tokens=prompt_len, completion_tokens=len(ids), finish_reason="stop" if stopped else "length"
         )
