@@ -120,3 +120,22 @@ def test_deepspeed_config_follows_the_train_spec():
         deepspeed_config(TrainSpec(zero_stage=2, offload_params=True), total_steps=10, bf16=False)
     with pytest.raises(ValueError, match="offload_optimizer needs"):
         deepspeed_config(TrainSpec(zero_stage=0, offload_optimizer=True), total_steps=10, bf16=False)
+
+
+def test_the_schedule_warms_up_from_the_first_step_and_decays_to_the_floor():
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    from prime_ray.training.deepspeed_config import COSINE_MIN_RATIO, start_schedule
+
+    total, peak = 20, 1e-3
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    params = deepspeed_config(TrainSpec(warmup_ratio=0.2, lr=peak), total_steps=total, bf16=False)["scheduler"]["params"]
+    scheduler = WarmupCosineLR(optimizer, **params)
+    start_schedule(scheduler)
+    used = []
+    for _ in range(total):  # the rate each optimizer step uses; the engine steps the schedule after it
+        used.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert used[0] == pytest.approx(peak / 5) and used[:4] == sorted(used[:4])  # 4 warmup steps, then the peak
+    assert max(used) == pytest.approx(peak, rel=0.02) and used.index(max(used)) == 4  # cosine starts one step in
+    assert used[4:] == sorted(used[4:], reverse=True) and used[-1] >= COSINE_MIN_RATIO * peak

@@ -14,6 +14,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     students = sorted({r["student"] for r in records})
+    colors = {student: f"C{i}" for i, student in enumerate(students)}  # one color per student in every panel
     panels = [("direct", "CE(y | direct)"), ("think", "CE(trace ⊕ y | personal-think)"), ("lr", "learning rate")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
@@ -27,7 +28,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
             )
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, marker="o", markersize=3, label=student)
+                ax.plot(steps, values, marker="o", markersize=3, label=student, color=colors[student])
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

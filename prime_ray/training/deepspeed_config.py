@@ -3,7 +3,7 @@
 The optimizer is always a torch AdamW handed to `deepspeed.initialize` (DeepSpeed's own Adam kernels
 need CUDA or a compiled CPU op); so `zero_force_ds_cpu_optimizer` is off, which ZeRO-Offload otherwise
 insists on. The learning rate warms up linearly and decays on a cosine (WarmupCosineLR), over the
-run's optimizer steps.
+run's optimizer steps: step 1 uses 1/(W+1) of the peak, step W+1 the peak (see `start_schedule`).
 """
 
 from __future__ import annotations
@@ -48,10 +48,20 @@ def deepspeed_config(train: TrainSpec, *, total_steps: int, bf16: bool) -> dict[
                 "total_num_steps": total_steps,
                 "warmup_num_steps": warmup_steps(train, total_steps),
                 "warmup_type": "linear",
-                "warmup_min_ratio": 0.0,
+                "warmup_min_ratio": 1.0 / (warmup_steps(train, total_steps) + 1),
                 "cos_min_ratio": COSINE_MIN_RATIO,
             },
         },
         "steps_per_print": 10**9,  # progress goes to our events and metrics, not DeepSpeed's log
         "wall_clock_breakdown": False,
     }
+
+
+def start_schedule(scheduler) -> None:
+    """Advance a fresh DeepSpeed warmup schedule to iteration 0, the learning rate of the first step.
+
+    DeepSpeed's schedulers start at iteration -1, whose learning rate is 0, and step after each
+    optimizer step: without this the first step would not learn at all. A restored checkpoint
+    overwrites the iteration, so calling it before `load_checkpoint` is harmless.
+    """
+    scheduler.step()
