@@ -24,7 +24,7 @@ def tokenizer():
 
 
 def _render(tokenizer, mode, **kwargs):
-    args = dict(task=RatingTask(), templates=TEMPLATES, query_input=QUERY, profile=PROFILE, episodes=EPISODES)
+    args = {"task": RatingTask(), "templates": TEMPLATES, "query_input": QUERY, "profile": PROFILE, "episodes": EPISODES}
     args.update(kwargs)
     return render_prompt(tokenizer, mode, **args)
 

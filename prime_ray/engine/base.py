@@ -7,8 +7,9 @@ Backends register themselves in ENGINES under a name (`hf`, `vllm`).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from prime_ray.spec import ModelSpec
 
@@ -73,9 +74,9 @@ def create_engine(
 ) -> GenerationEngine:
     """Build an engine for `model`, optionally with a PEFT LoRA adapter applied (a trained student)."""
     if backend == "hf":
-        import prime_ray.engine.hf  # noqa: F401
+        import prime_ray.engine.hf  # noqa: F401  (registers the backend)
     elif backend == "vllm":
-        import prime_ray.engine.vllm  # noqa: F401
+        import prime_ray.engine.vllm  # noqa: F401  (registers the backend)
     if backend not in ENGINES:
         raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(sorted(ENGINES)) or 'none'}")
     return ENGINES[backend](model=model, device=device, adapter_path=adapter_path, max_batch_size=max_batch_size)

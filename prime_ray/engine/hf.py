@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -84,12 +84,12 @@ class HFEngine(GenerationEngine):
         return ids.to(self.device), mask.to(self.device)
 
     def _generation_kwargs(self, params: SamplingParams) -> dict:
-        kwargs = dict(
-            max_new_tokens=params.max_new_tokens,
-            eos_token_id=self.eos_token_ids,
-            pad_token_id=self.pad_token_id,
-            use_cache=True,
-        )
+        kwargs: dict = {
+            "max_new_tokens": params.max_new_tokens,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+            "use_cache": True,
+        }
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:

@@ -19,8 +19,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from prime_ray.paths import cache_dir
 from prime_ray.spec import ModelSpec

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from prime_ray.spec import TaskSpec
 
@@ -232,7 +232,7 @@ def parse_output(text: str, task: TaskSpec, candidates: Sequence[str] | None = N
         if answer is None and not text.strip():
             reason = "empty output"
         return ParsedOutput(trace=trace or None, answer=answer, raw_answer=raw_answer, reason=reason if answer is None else None)
-    except Exception as error:  # the contract: never raise on model output
+    except Exception as error:  # noqa: BLE001 - the contract: model output never makes the parser raise
         return ParsedOutput(trace=None, answer=None, raw_answer=None, reason=f"parser error: {error!r}")
 
 

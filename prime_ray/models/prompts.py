@@ -15,15 +15,16 @@ small context.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prime_ray.data.schema import Item
 from prime_ray.spec import PromptMode, PromptTemplates, TaskSpec
 
 __all__ = [
-    "THINK_OPEN",
-    "THINK_CLOSE",
     "ANSWER_PREFIX",
+    "THINK_CLOSE",
+    "THINK_OPEN",
     "completion_text",
     "render_profile_prompt",
     "render_prompt",
