@@ -29,9 +29,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 FIXTURE = Path(__file__).parent / "fixtures" / "service" / "users.jsonl"
 
 
-def _spec(data: Path, name: str = "tiny") -> dict:
-    return {"name": name, "model": {"name_or_path": "tiny-test"}, "stages": ["ingest"],
-            "data": {"source": {"format": "jsonl", "path": str(data)}, "task": {"kind": "rating"}}}
+def _spec(data: Path, name: str = "tiny", stages: tuple[str, ...] = ("ingest",)) -> dict:
+    return {"name": name, "model": {"name_or_path": "tiny-test"}, "stages": list(stages),
+            "data": {"source": {"format": "jsonl", "path": str(data)}, "task": {"kind": "rating"}},
+            "memory": {"profile": False, "top_k": 2}}
 
 
 class Stack:
@@ -117,11 +118,16 @@ def test_a_job_runs_to_success_with_stage_progress_events_logs_and_artifacts(sta
     data = tmp_path / "users.jsonl"
     shutil.copy(FIXTURE, data)
     with stack.client() as client:
-        job = client.submit(_spec(data)).wait(timeout=240, progress=False)
+        # memory (BM25 episodes, no profiles) joins the cluster from inside the Ray job: ray.init there
+        # must work with the environment the gateway gives the job.
+        job = client.submit(_spec(data, stages=("memory",))).wait(timeout=240, progress=False)
         assert job.state == "succeeded" and job.stage is None and job.error is None
+        assert list(job.progress) == ["ingest", "memory"]
         ingest = job.progress["ingest"]
         assert ingest["state"] == "finished" and ingest["done"] == ingest["total"] > 0
+        assert job.progress["memory"]["state"] == "finished"
         assert job.metrics["ingest"]["users"] == 6 and job.metrics["ingest"]["problems"] == 0
+        assert job.metrics["memory"]["examples"] == ingest["total"] and job.metrics["memory"]["profiles"] == 0
 
         kinds = [event.kind for event in job.events()]
         assert kinds[0] == "job_started" and kinds[-1] == "job_finished" and "stage_finished" in kinds
@@ -132,7 +138,8 @@ def test_a_job_runs_to_success_with_stage_progress_events_logs_and_artifacts(sta
 
         assert f"job {job.id}" in job.logs()
         paths = {item["path"] for item in job.artifacts()}
-        assert {"spec.json", "events.jsonl", "ingest/manifest.json", "ingest/examples.parquet"} <= paths
+        assert {"spec.json", "events.jsonl", "ingest/manifest.json", "ingest/examples.parquet",
+                "memory/memory.parquet"} <= paths
         written = job.download(tmp_path / "got", paths=["ingest/manifest.json", "ingest/examples.parquet"])
         job_dir = Path(stack.state["artifact_root"]) / job.id
         for path in written:

@@ -103,14 +103,10 @@ class RayJobs:
             raise
         return RayJobInfo(status=str(details.status.value), message=details.message)
 
-    def submit(self, submission_id: str, entrypoint: str, env_vars: dict[str, str], metadata: dict[str, str]) -> None:
-        self._call(
-            "submit_job",
-            entrypoint=entrypoint,
-            submission_id=submission_id,
-            runtime_env={"env_vars": env_vars} if env_vars else None,
-            metadata=metadata,
-        )
+    def submit(self, submission_id: str, entrypoint: str, metadata: dict[str, str]) -> None:
+        """Submit a shell entrypoint. No runtime_env: the driver's own `ray.init(runtime_env=...)` must
+        not conflict with one set here (Ray refuses to merge the same variable from both)."""
+        self._call("submit_job", entrypoint=entrypoint, submission_id=submission_id, metadata=metadata)
 
     def stop(self, submission_id: str) -> None:
         self._call("stop_job", submission_id)

@@ -106,9 +106,12 @@ class Follower:
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
         spec_path.write_text(json.dumps(job.spec, indent=2))
-        entrypoint = f"{shlex.quote(self.settings.job_python)} -m prime_ray run {shlex.quote(str(spec_path))}"
+        # The variables go on the command line (the entrypoint runs in a shell), not in a runtime_env.
+        env = " ".join(f"{key}={shlex.quote(value)}" for key, value in sorted(self.settings.job_env().items()))
+        command = f"{shlex.quote(self.settings.job_python)} -m prime_ray run {shlex.quote(str(spec_path))}"
+        entrypoint = f"{env} {command}" if env else command
         try:
-            self.ray.submit(job.submission_id, entrypoint, self.settings.job_env(), {"prime_ray_job": job.id})
+            self.ray.submit(job.submission_id, entrypoint, {"prime_ray_job": job.id})
         except RayRefused as e:
             if self.ray.info(job.submission_id) is None:  # refused, and not because it exists already
                 self.store.update(job.id, state=JobState.failed, error=f"Ray refused the submission: {e}")
