@@ -2,3 +2,4 @@
 
 from prime_ray.pipeline.stages import ingest  # noqa: F401
 from prime_ray.pipeline.stages import train  # noqa: F401
+from prime_ray.pipeline.stages import eval  # noqa: F401
