@@ -228,6 +228,11 @@ class GeneralistSpec(_Strict):
 
 class TraceFilters(_Strict):
     answer_match: bool = Field(True, description="Drop traces whose final answer, without the hint, is wrong or missing.")
+    answer_without_hint: bool = Field(
+        False,
+        description="Stricter answer_match: G, shown the trace but not the hint, must also complete `Answer:` "
+        "with the gold answer (one short greedy generation per trace).",
+    )
     leaked_hint: bool = Field(True, description="Drop traces that mention the gold answer was given.")
     max_repetition: float = Field(
         0.5, gt=0, le=1, description="Drop traces whose share of repeated 3-grams exceeds this."
@@ -246,6 +251,12 @@ class TraceSpec(_Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(128, gt=0)
     direct_answer: bool = Field(True, description="Ask G for a direct answer too (kept as a statistic).")
+    trace_opening: str = Field(
+        "",
+        max_length=200,
+        description="Words each trace starts with, written into the think block before G continues (part of "
+        "the trace). Small models stay on the user with an opening such as 'This user rated'.",
+    )
     filters: TraceFilters = TraceFilters()
 
 

@@ -20,6 +20,7 @@ LEAKS = [
     "As provided, the rating is 4; the user enjoys action movies and thrillers a lot.",
     "The given answer of 4 agrees with the user's history of action movies overall.",
     "The answer is 4. The user liked GoldenEye and Heat, which are similar action films.",
+    "This user's real answer is 4, and they liked GoldenEye and Heat, similar action films.",
 ]
 
 

@@ -19,12 +19,16 @@ from prime_ray.traces.synthesis import TraceSynthesizer
 GOOD = "They rated GoldenEye 4 and Heat 5; both are action thrillers like this film, so they should enjoy it."
 LEAK = "The hint says the rating is 4, so the user must like this film quite a lot overall."
 LOOP = "the user likes it and " * 15
+OPENING = "Looking at this user: "
 
 # query input -> (direct output, [rationalization per sample], verification output)
 SCRIPT = {
     "Die Hard": ("Answer: 4", [GOOD + "\n</think>\nAnswer: 4", LEAK + "\n</think>\nAnswer: 4"], " 4"),
-    "Speed": ("Answer: 2", [LOOP + "\n</think>\nAnswer: 5", "I cannot tell what they think"], " 5"),
-    "Heat 2": ("Answer: 3", [GOOD + "\n</think>\nAnswer: 3", GOOD + "\n</think>\nAnswer: 3"], " 1"),
+    "Speed": ("Answer: 2", [LOOP + "\n</think>\nAnswer: 5", "I cannot tell what they think and..."], " 5"),
+    # ends after the reasoning, without an answer line: G completes the answer without the hint
+    "Alien": ("Answer: 1", ["They loved Heat and GoldenEye, tense films like this one, so they will like it.",
+                            "They dislike horror, and this is a horror film, so they will not enjoy it."], " 5"),
+    "Heat 2": ("Answer: 2", [GOOD + "\n</think>\nAnswer: 3", GOOD + "\n</think>\nAnswer: 3"], " 1"),
     "Broken": ("Answer: 3", ["x"], " 3"),
 }
 
@@ -52,13 +56,14 @@ class ScriptedG:
                 raise RuntimeError("replica lost")
             if p.endswith("Answer:"):
                 text = verify
-            elif p.endswith("<think>\n"):
+            elif p.endswith("<think>\n" + OPENING):
                 assert "real answer is" in p
                 text = samples[params.seed % len(samples)]
             else:
                 assert "real answer" not in p
                 text = direct
-            out.append(Generation(text=text, prompt_tokens=10, completion_tokens=len(text.split()), finish_reason="stop"))
+            finish = "length" if text.endswith("...") else "stop"
+            out.append(Generation(text=text, prompt_tokens=10, completion_tokens=len(text.split()), finish_reason=finish))
         return out
 
     def score(self, prompts, continuations):
@@ -69,7 +74,7 @@ def _spec(**overrides):
     doc = {
         "name": "t", "seed": 0, "model": {"name_or_path": "tiny-test"},
         "data": {"source": {"format": "jsonl", "path": "x"}, "task": {"kind": "rating"}},
-        "traces": {"samples_per_example": 2, **overrides.pop("traces", {})},
+        "traces": {"samples_per_example": 2, "trace_opening": OPENING, **overrides.pop("traces", {})},
         "generalist": {"rows_per_call": 2},
         **overrides,
     }
@@ -94,31 +99,32 @@ def _by(out):
 
 
 ROWS = [_row("Die Hard", "4", "a"), _row("Speed", "5", "b"), _row("Heat 2", "3", "c"), _row("Broken", "3", "d"),
-        {"user_id": "u1", "example": {"example_id": "u1/e"}, "memory": {}}]
+        {"user_id": "u1", "example": {"example_id": "u1/e"}, "memory": {}}, _row("Alien", "5", "f")]
 
 
 def test_one_user_keep_path_rejections_and_errors():
     spec = _spec()
     g, out = _run(spec, ROWS)
     rows = _by(out)
-    assert len(out) == 3 * 2 + 1 + 1  # two samples for a, b, c; one error row each for d and e
+    assert len(out) == 4 * 2 + 1 + 1  # two samples for a, b, c, f; one error row each for d and e
 
     kept = rows[("u1/a", 0)]
-    assert kept["kept"] and kept["trace"] == GOOD and kept["answer"] == "4" and kept["gold"] == "4"
+    assert kept["kept"] and kept["trace"] == OPENING + GOOD and kept["answer"] == "4" and kept["gold"] == "4"
     assert kept["verdicts"] == {"parsed": True, "answer_match": True, "leaked_hint": True, "repetition": True,
                                 "length": True, "gain": True}
     assert kept["likelihood_gain"] == pytest.approx(2.0)
     assert kept["direct_answer"] == "4" and kept["direct_correct"] is True
-    assert kept["raw_text"].startswith("<think>\n") and "real answer is: 4" in kept["prompt"]
+    assert kept["raw_text"].startswith("<think>\n" + OPENING) and "real answer is: 4" in kept["prompt"]
     assert kept["model"] == "tiny-test" and kept["config_hash"] == "cfg" and kept["error"] is None
 
     assert rows[("u1/a", 1)]["verdicts"]["leaked_hint"] is False and not rows[("u1/a", 1)]["kept"]
     assert rows[("u1/b", 0)]["verdicts"]["repetition"] is False and rows[("u1/b", 0)]["repetition"] > 0.5
-    assert rows[("u1/b", 1)]["verdicts"]["parsed"] is False and rows[("u1/b", 1)]["trace"] is None
-    # written with the hint as 3, but without the hint the trace leads G to 1: not verified
-    assert rows[("u1/c", 0)]["written_answer"] == "3" and rows[("u1/c", 0)]["answer"] == "1"
-    assert rows[("u1/c", 0)]["verdicts"]["answer_match"] is False and not rows[("u1/c", 0)]["kept"]
-    assert rows[("u1/c", 0)]["direct_correct"] is True
+    assert rows[("u1/b", 1)]["verdicts"]["parsed"] is False and rows[("u1/b", 1)]["answer"] is None  # cut off
+    assert rows[("u1/c", 0)]["kept"] and rows[("u1/c", 1)]["kept"] and rows[("u1/c", 0)]["direct_correct"] is False
+    # a trace that ended without an answer gets G's answer from the trace alone (both of f's samples)
+    assert rows[("u1/f", 0)]["answer"] == rows[("u1/f", 0)]["answer_without_hint"] == "5" and rows[("u1/f", 0)]["kept"]
+    # only those: the stricter check for every trace is off by default
+    assert [k for k, r in rows.items() if r["answer_without_hint"] is not None] == [("u1/f", 0), ("u1/f", 1)]
 
     # a failing call and an invalid row are recorded on their own rows; the others went on
     assert "replica lost" in rows[("u1/d", -1)]["error"] and not rows[("u1/d", -1)]["kept"]
@@ -127,38 +133,49 @@ def test_one_user_keep_path_rejections_and_errors():
     # rows_per_call=2: examples go in chunks of 2; sample s is seeded seed + s for every example
     rationalizations = [(n, p) for n, p in g.generate_calls if p.temperature > 0]
     assert sorted({p.seed for _, p in rationalizations}) == [0, 1]
-    assert max(n for n, _ in rationalizations) == 2 and len(rationalizations) == 2 * 2  # 2 chunks x 2 samples
+    assert max(n for n, _ in rationalizations) == 2 and len(rationalizations) == 3 * 2  # 3 chunks x 2 samples
 
 
 def test_stats_add_up_and_kept_traces_read_back(tmp_path):
     spec = _spec()
     _, out = _run(spec, ROWS)
     counts, metrics = trace_stats(out, spec.data.task, spec.traces.filters)
-    assert counts["examples"] == 5 and counts["users"] == 1
-    assert counts["traces_generated"] == 6 and counts["errors"] == 2
-    assert counts["after_parsed"] == 5 and counts["after_answer_match"] == 3  # a0, a1 (leak), b0 (loop)
-    assert counts["after_leaked_hint"] == 2 and counts["after_repetition"] == 1 and counts["after_length"] == 1
-    assert counts["kept"] == 1 and metrics["keep_rate"] == pytest.approx(1 / 6, abs=1e-3)
-    assert counts["examples_direct_correct"] == 2  # a and c
+    assert counts["examples"] == 6 and counts["users"] == 1
+    assert counts["traces_generated"] == 8 and counts["errors"] == 2
+    assert counts["after_parsed"] == 7 and counts["after_answer_match"] == 7
+    assert counts["after_leaked_hint"] == 6 and counts["after_repetition"] == 5 and counts["after_length"] == 5
+    assert counts["kept"] == 5 and metrics["keep_rate"] == pytest.approx(5 / 8, abs=1e-3)
+    assert counts["examples_with_kept_trace"] == 3 and counts["examples_direct_correct"] == 1  # a
     assert counts["tokens_generated"] == sum(r["generated_tokens"] for r in out) > 0
 
     path = tmp_path / "traces.parquet"
     write_traces(path, out)
     kept = read_kept_traces(path)
-    assert list(kept) == ["u1/a"]
+    assert sorted(kept) == ["u1/a", "u1/c", "u1/f"] and len(kept["u1/c"]) == 2
     [trace] = kept["u1/a"]
-    assert (trace.user_id, trace.sample_index, trace.trace, trace.answer) == ("u1", 0, GOOD, "4")
+    assert (trace.user_id, trace.sample_index, trace.trace, trace.answer) == ("u1", 0, OPENING + GOOD, "4")
     assert trace.score == pytest.approx(2.0)
+
+
+def test_the_stricter_check_asks_g_for_the_answer_without_the_hint():
+    spec = _spec(traces={"filters": {"answer_without_hint": True}})
+    g, out = _run(spec, ROWS[:3])
+    rows = _by(out)
+    # written as 3 under the hint, but from the trace alone G answers 1: not verified
+    assert rows[("u1/c", 0)]["answer"] == "3" and rows[("u1/c", 0)]["answer_without_hint"] == "1"
+    assert rows[("u1/c", 0)]["verdicts"]["answer_match"] is False and not rows[("u1/c", 0)]["kept"]
+    assert rows[("u1/a", 0)]["answer_without_hint"] == "4" and rows[("u1/a", 0)]["kept"]
+    assert sum(r["kept"] for r in out) == 1
 
 
 def test_fast_filter_skips_examples_answered_right_directly():
     spec = _spec(traces={"filters": {"drop_if_direct_correct": True}})
     _, out = _run(spec, ROWS[:3])
     rows = _by(out)
-    assert set(rows) == {("u1/a", -1), ("u1/b", 0), ("u1/b", 1), ("u1/c", -1)}
+    assert set(rows) == {("u1/a", -1), ("u1/b", 0), ("u1/b", 1), ("u1/c", 0), ("u1/c", 1)}
     assert rows[("u1/a", -1)]["error"] is None and rows[("u1/a", -1)]["direct_correct"] is True
     counts, _ = trace_stats(out, spec.data.task, spec.traces.filters)
-    assert counts["examples_skipped"] == 2 and counts["traces_generated"] == 2
+    assert counts["examples_skipped"] == 1 and counts["traces_generated"] == 4
 
 
 def test_free_text_keeps_the_trace_with_the_best_positive_gain():
@@ -170,7 +187,7 @@ def test_free_text_keeps_the_trace_with_the_best_positive_gain():
 
     class TextG(ScriptedG):
         def generate(self, prompts, params):
-            if prompts[0].endswith("<think>\n"):
+            if prompts[0].endswith("<think>\n"):  # no trace_opening in this spec
                 return [Generation(text=f"{GOOD} Take {params.seed}.\n</think>\nAnswer: Big win", prompt_tokens=1,
                                    completion_tokens=20, finish_reason="stop") for _ in prompts]
             return [Generation(text=" Big win", prompt_tokens=1, completion_tokens=2, finish_reason="stop")

@@ -108,7 +108,7 @@ def map_user_shards(
             fn_constructor_kwargs={"fn_cls": fn_cls, "fn_kwargs": fn_kwargs, "app_name": app_name},
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=max(1, min(concurrency, len(todo))),
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(concurrency, len(todo)))),
             num_cpus=num_cpus,
         )
         for record in mapped.iter_rows():  # streams: each user as soon as a worker finishes it

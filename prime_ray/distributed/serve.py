@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 from collections import defaultdict
 from typing import Any, Iterator
 
@@ -58,7 +59,14 @@ class Generalist:
         batch_wait_timeout_s: float,
         adapter_path: str | None = None,
         device: str = "auto",
+        cpu_threads: int | None = None,
     ):
+        if cpu_threads:
+            # Ray caps a worker's threads at its integer CPU count; a replica given 1.8 CPUs (leaving a
+            # little for the Ray Data workers that only wait on it) should still use 2 cores.
+            import torch
+
+            torch.set_num_threads(cpu_threads)
         self.model_name = model["name_or_path"]
         self.engine = create_engine(
             ModelSpec.model_validate(model),
@@ -135,6 +143,7 @@ def generalist_app(
         generalist.batch_wait_timeout_s,
         adapter_path,
         device,
+        max(1, math.ceil(generalist.num_cpus_per_replica)),
     )
 
 
@@ -194,7 +203,9 @@ def start_generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_pat
     """
     serve.start(proxy_location="Disabled")
     app = generalist_app(spec.model, spec.generalist, adapter_path=adapter_path)
-    handle = serve.run(app, name=app_name, route_prefix=None, blocking=False)
+    # No access log line per request: a trace run sends thousands.
+    handle = serve.run(app, name=app_name, route_prefix=None, blocking=False,
+                       logging_config={"enable_access_log": False})
     return GeneralistHandle(handle, app_name)
 
 

@@ -4,7 +4,8 @@ A verdict is True when the trace passes. Every verdict is computed for every tra
 statistics can say how many traces each filter removed; `keep` then applies the ones the spec turns on.
 
     parsed       the output has a reasoning block and an answer the parser reads
-    answer_match the answer reached WITHOUT the hint is the gold one (labels, ratings, candidates)
+    answer_match the trace's final answer is the gold one (labels, ratings, candidates); optionally
+                 also the answer G reaches from the trace without the hint
     leaked_hint  the trace does not say that the answer was given, nor open by stating it
     repetition   the share of repeated word 3-grams is at most `max_repetition` (degenerate loops)
     length       the trace has between `min_trace_words` and `max_trace_words` words
@@ -30,7 +31,7 @@ _LEAK_PATTERNS = [
     r"\bas\s+(provided|given)\b",
     r"\bwe\s+(are|were|have\s+been)\s+told\b",
     r"\b(i|we)\s+(am|are|was|were)\s+(given|told)\s+(that\s+)?(the\s+)?(answer|rating|label)\b",
-    r"\b(expected|target|gold)\s+(answer|rating|label|output)\b",
+    r"\b(expected|target|gold|real|actual|true)\s+(answer|rating|label|output)\b",
 ]
 _LEAK_RE = re.compile("|".join(_LEAK_PATTERNS), re.IGNORECASE)
 _WORD_RE = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
@@ -80,8 +81,8 @@ def verdicts(
 ) -> dict[str, bool]:
     """The verdicts that need no ranking against sibling traces (all but `gain`).
 
-    `trace` is None when the output could not be parsed; `answer_ok` is whether the answer reached
-    without the hint is right (None when it could not be checked, e.g. free text).
+    `trace` is None when the output could not be parsed; `answer_ok` is whether the trace's answer is
+    right (None when there is no exact answer to check, e.g. free text).
     """
     if trace is None:
         return {"parsed": False, "answer_match": False, "leaked_hint": False, "repetition": False, "length": False}

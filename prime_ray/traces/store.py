@@ -1,8 +1,8 @@
 """`traces/traces.parquet`: every sampled trace with its verdicts and lineage; read kept ones here.
 
 Columns: user_id, example_id, sample_index (-1: no trace sampled for the example), prompt (the
-rationalization prompt), raw_text, trace, answer (reached without the hint), written_answer (in the
-hinted output), gold, kept, verdicts (one bool per filter), likelihood_gain, repetition,
+rationalization prompt), raw_text, trace, answer (the final answer parsed from the output),
+answer_without_hint (what G answers from the trace alone, when that check is on), gold, kept, verdicts (one bool per filter), likelihood_gain, repetition,
 direct_answer, direct_correct, generated_tokens, error, model, config_hash.
 """
 
@@ -27,7 +27,7 @@ SCHEMA = pa.schema([
     pa.field("raw_text", pa.string()),
     pa.field("trace", pa.string()),
     pa.field("answer", pa.string()),
-    pa.field("written_answer", pa.string()),
+    pa.field("answer_without_hint", pa.string()),
     pa.field("gold", pa.string()),
     pa.field("kept", pa.bool_(), nullable=False),
     pa.field("verdicts", pa.struct([pa.field(name, pa.bool_()) for name in FILTERS])),

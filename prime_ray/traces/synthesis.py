@@ -5,10 +5,12 @@ Per example, in this order (DESIGN.md §2, steps 2–5):
 2. rationalization: G sees the input, the user's memory and the gold answer as a hint, and writes the
    reasoning; `samples_per_example` samples (sample s is seeded `seed + s`, so a sample index has
    the same params for every example and the deployment batches them together). The generation is
-   started inside the think block (`<think>\\n` ends the prompt), which small models need to follow
-   the format;
-3. verification without the hint: the same personal-think prompt, no hint, the trace written into
-   the think block, and G completes `Answer:` greedily; the answer it reaches is checked;
+   started inside the think block (`<think>\\n` and the spec's `trace_opening` end the prompt), which
+   small models need to follow the format;
+3. verification: the trace's final answer must be the gold one. The answer is the one written after
+   the trace; a trace that ended without one gets the answer G completes from the trace alone,
+   without the hint; with `answer_without_hint`, that hint-free answer is asked for every trace and
+   must be right too. A trace cut at `max_new_tokens` before any answer is unparseable;
 4. likelihood gain `log p(y | x, trace) − log p(y | x)` under that no-hint prompt (a score column for
    every task; the ranking filter for free text);
 5. the filters of `filters.py`, with one verdict per filter on every row.
@@ -134,6 +136,9 @@ class TraceSynthesizer:
             w.direct_correct = parsed.ok and is_correct(self.task, parsed.answer, w.example.output)
             w.direct_tokens = gen.completion_tokens
 
+    def _opening(self) -> str:
+        return THINK_OPEN + "\n" + self.traces.trace_opening
+
     def _rationalize(self, works: list[_Work]) -> None:
         for s in range(self.traces.samples_per_example):
             params = SamplingParams(
@@ -142,25 +147,32 @@ class TraceSynthesizer:
                 top_p=self.traces.top_p,
                 seed=self.spec.seed + s,
             )
-            for w, gen in zip(works, self._generate(works, lambda w: w.hinted_prompt + THINK_OPEN + "\n", params)):
+            for w, gen in zip(works, self._generate(works, lambda w: w.hinted_prompt + self._opening(), params)):
                 w.samples.append(self._sample(w, s, gen))
 
     def _sample(self, w: _Work, index: int, gen: Generation | BaseException) -> dict[str, Any]:
-        sample: dict[str, Any] = {"sample_index": index, "raw_text": None, "trace": None, "written_answer": None,
+        sample: dict[str, Any] = {"sample_index": index, "raw_text": None, "trace": None, "answer": None,
                                   "tokens": 0, "error": None}
         if isinstance(gen, BaseException):
             sample["error"] = _error(gen)
             return sample
-        raw = THINK_OPEN + "\n" + gen.text
+        raw = self._opening() + gen.text
         parsed = parse_output(raw, self.task, w.example.candidates)
-        trace = (parsed.trace or "").strip() or None
-        sample.update(raw_text=raw, tokens=gen.completion_tokens, written_answer=parsed.answer,
-                      trace=trace if parsed.ok else None)
+        sample.update(raw_text=raw, tokens=gen.completion_tokens, answer=parsed.answer,
+                      trace=(parsed.trace or "").strip() or None, finished=gen.finish_reason == "stop")
         return sample
 
-    def _verify(self, works: list[_Work]) -> None:
-        """The answer G reaches from the trace WITHOUT the hint."""
-        todo = [(w, s) for w in works for s in w.samples if s["trace"] is not None]
+    def _complete_answers(self, works: list[_Work]) -> None:
+        """The answer G reaches from the trace alone, WITHOUT the hint: the hint-free prompt, the trace in
+        the think block, and G completes `Answer:` greedily.
+
+        Asked for every trace with `answer_without_hint`; otherwise only for traces that ended on their
+        own without an answer line (small models often stop after the reasoning): their answer is the
+        completed one, so it comes from the trace and not from the hint.
+        """
+        strict = self.filters.answer_without_hint
+        todo = [(w, s) for w in works for s in w.samples
+                if s["trace"] is not None and (strict or (s["answer"] is None and s["finished"]))]
         params = SamplingParams(max_new_tokens=answer_tokens(self.task), temperature=0.0, seed=self.spec.seed)
         gens = _each(
             lambda pairs: self.g.generate([w.plain_prompt + answer_prefix(s["trace"]) for w, s in pairs], params), todo
@@ -171,10 +183,9 @@ class TraceSynthesizer:
                 continue
             s["tokens"] += gen.completion_tokens
             parsed = parse_output(answer_prefix(s["trace"]) + gen.text, self.task, w.example.candidates)
-            s["answer"] = parsed.answer
-            s["answer_ok"] = None if self.task.kind == "text" else (
-                parsed.ok and is_correct(self.task, parsed.answer, w.example.output)
-            )
+            s["answer_without_hint"] = parsed.answer
+            if s["answer"] is None and s["finished"]:  # a trace cut off before its answer stays unparseable
+                s["answer"] = parsed.answer
 
     def _gains(self, works: list[_Work]) -> None:
         """log p(y | x, trace) − log p(y | x), both under the no-hint personal-think prompt."""
@@ -198,13 +209,21 @@ class TraceSynthesizer:
             elif w.baseline_logp is not None:
                 s["gain"] = logp - w.baseline_logp
 
+    def _answer_ok(self, s: dict[str, Any], gold: str) -> bool | None:
+        if self.task.kind == "text":
+            return None  # no exact answer to match: the likelihood gain ranks free text
+        answers = [s["answer"]] + ([s.get("answer_without_hint")] if self.filters.answer_without_hint else [])
+        return all(a is not None and is_correct(self.task, a, gold) for a in answers)
+
     def _judge(self, w: _Work) -> None:
         gold = w.example.output
         for s in w.samples:
             if s["error"] is not None:
                 s["verdicts"], s["kept"] = None, False
                 continue
-            s["verdicts"] = F.verdicts(trace=s["trace"], answer_ok=s.get("answer_ok"), gold=gold, filters=self.filters)
+            readable = s["trace"] if s["answer"] is not None else None  # a trace without an answer is unparseable
+            s["verdicts"] = F.verdicts(trace=readable, answer_ok=self._answer_ok(s, gold), gold=gold,
+                                       filters=self.filters)
             s["verdicts"]["gain"] = s.get("gain") is not None and s["gain"] > 0
         judged = [s for s in w.samples if s["verdicts"] is not None]
         if self.task.kind == "text":
@@ -220,7 +239,7 @@ class TraceSynthesizer:
         self._direct(works)
         live = [w for w in works if w.error is None and not (self.filters.drop_if_direct_correct and w.direct_correct)]
         self._rationalize(live)
-        self._verify(live)
+        self._complete_answers(live)
         self._gains(live)
 
     # ------------------------------------------------------------------------------------- rows
@@ -237,7 +256,7 @@ class TraceSynthesizer:
             "raw_text": s.get("raw_text"),
             "trace": trace,
             "answer": s.get("answer"),
-            "written_answer": s.get("written_answer"),
+            "answer_without_hint": s.get("answer_without_hint"),
             "gold": ex.output if ex else None,
             "kept": bool(s.get("kept", False)),
             "verdicts": s.get("verdicts"),

@@ -1,0 +1,87 @@
+"""The `memory` stage: profile summaries by the generalist on Serve, and episodic retrieval per example.
+
+Reads ingest's users and examples; writes `memory.parquet` (one row per example of every split).
+The Serve app runs only while profiles are written, then is deleted so later stages get the CPUs.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
+from prime_ray.spec import JobSpec
+
+
+@register_stage
+class MemoryStage(Stage):
+    name = "memory"
+    requires = ("ingest",)
+    needs_ray = True
+    outputs = ("memory.parquet",)
+
+    def config(self, spec: JobSpec):
+        dump = spec.model_dump(mode="json", by_alias=True)
+        return {
+            "model": dump["model"],
+            "memory": dump["memory"],
+            "generalist": dump["generalist"],
+            "prompts": dump["data"]["prompts"],  # the profile prompt's system line
+            "seed": spec.seed,
+        }
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from prime_ray.data.store import read_examples, read_users
+        from prime_ray.memory.build import build_memory
+        from prime_ray.memory.retrieval import Retriever
+        from prime_ray.memory.store import MEMORY_FILE, write_memory
+
+        spec = ctx.spec
+        users = read_users(ctx.inputs["ingest"] / "users.parquet")
+        examples = read_examples(ctx.inputs["ingest"] / "examples.parquet")
+        retriever = Retriever(spec.memory.retriever)  # fails early (e.g. the embed extra missing)
+
+        profiles: dict[str, str] = {}
+        metrics: dict = {}
+        if spec.memory.profile:
+            profiles, metrics = _write_profiles(ctx, list(users.values()))
+
+        entries = list(build_memory(examples, users, retriever, spec.memory.top_k, profiles))
+        write_memory(ctx.out_dir / MEMORY_FILE, entries, spec.memory.retriever)
+        episodes = [len(memory.episodes) for _, memory in entries]
+        counts = {
+            "users": len(users),
+            "examples": len(entries),
+            "profiles": len(profiles),
+            "episodes": sum(episodes),
+        }
+        metrics["mean_episodes"] = round(sum(episodes) / len(episodes), 3) if episodes else 0.0
+        return StageResult(counts=counts, metrics=metrics)
+
+
+def _write_profiles(ctx: StageContext, users: list) -> tuple[dict[str, str], dict]:
+    """Profiles in chunks of a full deployment batch, with a progress event per chunk."""
+    from prime_ray.distributed.serve import app_name, generalist
+    from prime_ray.memory.profiles import write_profiles
+    from prime_ray.models.loading import load_tokenizer
+
+    spec = ctx.spec
+    tokenizer = load_tokenizer(spec.model)
+    chunk = spec.generalist.max_batch_size * spec.generalist.replicas
+    profiles: dict[str, str] = {}
+    tokens = 0
+    with generalist(spec, app_name=app_name(spec.name, "memory")) as g:
+        started = time.perf_counter()
+        for start in range(0, len(users), chunk):
+            written, generations = write_profiles(
+                g, tokenizer, users[start : start + chunk], spec.data.prompts, spec.memory, spec.seed
+            )
+            profiles.update(written)
+            tokens += sum(gen.completion_tokens for gen in generations)
+            ctx.progress.update(min(start + chunk, len(users)), len(users), profiles=len(profiles))
+        seconds = time.perf_counter() - started
+    words = [len(p.split()) for p in profiles.values()]
+    return profiles, {
+        "profile_tokens": tokens,
+        "profile_tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else 0.0,
+        "mean_profile_words": round(sum(words) / len(words), 2) if words else 0.0,
+    }
