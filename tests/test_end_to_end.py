@@ -37,7 +37,8 @@ def _spec(root: Path):
         "memory": {"top_k": 2, "profile_max_new_tokens": 8},
         "generalist": {"max_batch_size": 16, "max_concurrency": 1, "num_cpus_per_replica": 1},
         "traces": {"samples_per_example": 1, "max_new_tokens": 16},
-        "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 2,
+        # A large learning rate: two steps must move the adapters enough to change greedy answers.
+        "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 2, "lr": 0.05,
                   "micro_batch_size": 2, "max_length": 256, "fast_thinking_baseline": True,
                   "log_every_steps": 1, "checkpoint_every_steps": 2},
         "eval": {"max_new_tokens": 16, "bootstrap_samples": 100, "sample_traces_per_mode": 1},
@@ -83,6 +84,11 @@ def test_every_stage_runs_writes_its_artifacts_and_resumes(ray_local, tmp_path):
     predictions = [json.loads(line) for line in (job / "eval" / "predictions.jsonl").read_text().splitlines()]
     evaluated = sum(e["split"] != "train" for e in examples)
     assert len(predictions) == evaluated * len(EvalMode)
+    texts = {(p["mode"], p["example_id"]): p["text"] for p in predictions}
+    ids = {p["example_id"] for p in predictions}
+    # The students really are G plus their adapters: their direct answers are not G's.
+    for student in ("prime", "fast"):
+        assert any(texts[f"{student}-direct", i] != texts["generalist-direct", i] for i in ids)
     samples = [json.loads(line) for line in (job / "eval" / "samples.jsonl").read_text().splitlines()]
     assert {s["mode"] for s in samples} == {m.value for m in EvalMode}
     events = [e for _, e in read_events(job / "events.jsonl")]
