@@ -29,10 +29,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 FIXTURE = Path(__file__).parent / "fixtures" / "service" / "users.jsonl"
 
 
-def _spec(data: Path, name: str = "tiny", stages: tuple[str, ...] = ("ingest",)) -> dict:
-    return {"name": name, "model": {"name_or_path": "tiny-test"}, "stages": list(stages),
-            "data": {"source": {"format": "jsonl", "path": str(data)}, "task": {"kind": "rating"}},
-            "memory": {"profile": False, "top_k": 2}}
+def _spec(data: Path, name: str = "tiny") -> dict:
+    return {"name": name, "model": {"name_or_path": "tiny-test"}, "stages": ["ingest"],
+            "data": {"source": {"format": "jsonl", "path": str(data)}, "task": {"kind": "rating"}}}
 
 
 class Stack:
@@ -114,23 +113,37 @@ def _until(predicate, timeout: float = 120, every: float = 0.3):
     raise TimeoutError("condition not met in time")
 
 
-def test_a_job_runs_to_success_with_stage_progress_events_logs_and_artifacts(stack, tmp_path):
+def _full_spec(data: Path) -> dict:
+    """Every stage, as small as it gets: the tiny model, 6 users, one optimizer step, two eval modes."""
+    return {
+        "name": "full", "model": {"name_or_path": "tiny-test"},
+        "data": {"source": {"format": "jsonl", "path": str(data)}, "task": {"kind": "rating", "min": 1, "max": 5},
+                 "split": {"held_out_users": 0.2}, "max_history": 4, "max_train_examples_per_user": 1},
+        "memory": {"profile": False, "top_k": 2},
+        "generalist": {"max_batch_size": 16, "max_concurrency": 1, "num_cpus_per_replica": 1},
+        "traces": {"samples_per_example": 1, "max_new_tokens": 8},
+        "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 1, "micro_batch_size": 2,
+                  "max_length": 128, "log_every_steps": 1, "checkpoint_every_steps": 1},
+        "eval": {"modes": ["generalist-direct", "prime-direct"], "max_new_tokens": 8, "bootstrap_samples": 0,
+                 "sample_traces_per_mode": 1},
+    }
+
+
+@pytest.mark.slow
+def test_a_full_job_succeeds_with_stage_progress_events_logs_and_its_report(stack, tmp_path):
     data = tmp_path / "users.jsonl"
     shutil.copy(FIXTURE, data)
     with stack.client() as client:
-        # memory (BM25 episodes, no profiles) joins the cluster from inside the Ray job: ray.init there
-        # must work with the environment the gateway gives the job.
-        job = client.submit(_spec(data, stages=("memory",))).wait(timeout=240, progress=False)
+        job = client.submit(_full_spec(data)).wait(timeout=480, progress=False)
         assert job.state == "succeeded" and job.stage is None and job.error is None
-        assert list(job.progress) == ["ingest", "memory"]
-        ingest = job.progress["ingest"]
-        assert ingest["state"] == "finished" and ingest["done"] == ingest["total"] > 0
-        assert job.progress["memory"]["state"] == "finished"
-        assert job.metrics["ingest"]["users"] == 6 and job.metrics["ingest"]["problems"] == 0
-        assert job.metrics["memory"]["examples"] == ingest["total"] and job.metrics["memory"]["profiles"] == 0
+        assert list(job.progress) == ["ingest", "memory", "traces", "train", "eval"]
+        for stage, entry in job.progress.items():
+            assert entry["state"] == "finished", stage
+            assert entry["total"] is None or entry["done"] == entry["total"] > 0, (stage, entry)
+        assert job.metrics["ingest"]["users"] == 6 and job.metrics["train"]["steps"] == 1
 
         kinds = [event.kind for event in job.events()]
-        assert kinds[0] == "job_started" and kinds[-1] == "job_finished" and "stage_finished" in kinds
+        assert kinds[0] == "job_started" and kinds[-1] == "job_finished" and kinds.count("stage_finished") == 5
         with httpx.stream("GET", f"{stack.url}/v1/jobs/{job.id}/events", timeout=30,
                           headers={"Authorization": f"Bearer {stack.key}", "Accept": "text/event-stream"}) as sse:
             streamed = [line.split(":", 1)[1].strip() for line in sse.iter_lines() if line.startswith("event:")]
@@ -138,13 +151,14 @@ def test_a_job_runs_to_success_with_stage_progress_events_logs_and_artifacts(sta
 
         assert f"job {job.id}" in job.logs()
         paths = {item["path"] for item in job.artifacts()}
-        assert {"spec.json", "events.jsonl", "ingest/manifest.json", "ingest/examples.parquet",
-                "memory/memory.parquet"} <= paths
-        written = job.download(tmp_path / "got", paths=["ingest/manifest.json", "ingest/examples.parquet"])
+        assert {"spec.json", "events.jsonl", "ingest/examples.parquet", "memory/memory.parquet",
+                "traces/traces.parquet", "eval/report.json", "eval/report.md"} <= paths
+        written = job.download(tmp_path / "got", paths=["eval/report.json", "ingest/examples.parquet"])
         job_dir = Path(stack.state["artifact_root"]) / job.id
         for path in written:
             assert path.read_bytes() == (job_dir / path.relative_to(tmp_path / "got")).read_bytes()
-        assert json.loads((tmp_path / "got" / "ingest" / "manifest.json").read_text())["stage"] == "ingest"
+        report = json.loads((tmp_path / "got" / "eval" / "report.json").read_text())
+        assert report["modes"] == ["generalist-direct", "prime-direct"]
 
 
 def test_a_running_job_is_cancelled_through_ray(stack, tmp_path):
