@@ -1,8 +1,8 @@
 """Ray Train + DeepSpeed + PEFT on a local Ray with 2 CPU workers and the tiny model.
 
-Two runs keep this affordable: a ZeRO-3 run whose worker is killed after its first checkpoint (it must
-resume and end with exactly the weights of an uninterrupted plain-PyTorch run of the same steps), and
-the train stage with ZeRO-2, packing, the fast-thinking baseline and merged models.
+Two runs keep this affordable: a ZeRO-3 run of two students whose worker is killed after a checkpoint
+of the second (it must resume and end with the weights of uninterrupted plain-PyTorch runs of the same
+steps), and the train stage with ZeRO-2, packing, the fast-thinking baseline and merged models.
 """
 
 from __future__ import annotations
@@ -71,49 +71,56 @@ def _plain_reference(sequences, train: TrainSpec, total_steps: int, world: int, 
     return model
 
 
-def test_zero3_run_survives_a_killed_worker_and_matches_an_uninterrupted_run(ray_local, tmp_path):
-    from prime_ray.distributed.train import step_plan, train_student
+def test_zero3_run_survives_a_killed_worker_and_matches_uninterrupted_runs(ray_local, tmp_path):
+    """Two students in one run; a worker is killed after the second student's step-4 checkpoint."""
+    from peft import get_peft_model_state_dict
+
+    from prime_ray.distributed.train import StudentRun, step_plan, train_students
 
     sequences = _pattern_sequences(64)
+    direct_only = [s for s in sequences if s.term == "direct"]
     train = TrainSpec(zero_stage=3, zero3_param_persistence_threshold=0, lr=5e-2, micro_batch_size=4, num_workers=2,
                       num_cpus_per_worker=1, max_steps=8, checkpoint_every_steps=4, log_every_steps=2, max_failures=1)
     total = step_plan(sequences, train, world_size=2, max_steps=train.max_steps).total_steps
     events = EventLog(tmp_path / "events.jsonl")
     marker = tmp_path / "killed"
-    trained = train_student(
-        student="prime", model=TINY, train=train, think_weight=1.0, sequences=sequences, pad_id=0,
-        total_steps=total, out_dir=tmp_path / "prime", adapter_dir=tmp_path / "prime" / "adapter",
-        metrics_path=tmp_path / "metrics.jsonl", progress=events.for_stage("train"), crash_once_marker=str(marker),
+    trained = train_students(
+        [StudentRun("prime", 1.0, sequences), StudentRun("fast", 0.0, direct_only)], model=TINY, train=train,
+        total_steps=total, pad_id=0, train_dir=tmp_path, metrics_path=tmp_path / "metrics.jsonl",
+        progress=events.for_stage("train"), crash_once_marker=str(marker),
     )
 
-    # A worker process was killed after the step-4 checkpoint, and the run resumed from it.
-    assert marker.read_text() == "4"
+    # A worker process was killed after the fast student's step-4 checkpoint; the run resumed from it,
+    # keeping the PRIME student it had finished.
+    assert marker.read_text() == "checkpoint_fast_step_000004"
     messages = [e.message for _, e in read_events(tmp_path / "events.jsonl") if e.kind == "log"]
-    assert "prime student resumes at step 4 of 8" in messages
-    records = read_metrics(tmp_path / "metrics.jsonl", "prime")
-    assert [r["step"] for r in records] == [2, 4, 6, 8] and trained.steps == total == 8
-    # ZeRO-3 really partitions: each of the 2 workers holds half of every parameter.
-    assert all(r["params_local_fraction"] == pytest.approx(0.5, abs=0.01) for r in records)
-    assert records[-1]["direct"] < records[0]["direct"] and records[-1]["think"] < records[0]["think"]
-    assert all(r["lr"] > 0 and r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in records)
+    assert messages == ["fast student resumes at step 4 of 8"]
+    for student in ("prime", "fast"):
+        records = read_metrics(tmp_path / "metrics.jsonl", student)
+        assert [r["step"] for r in records] == [2, 4, 6, 8]
+        # ZeRO-3 really partitions: each of the 2 workers holds half of every parameter.
+        assert all(r["params_local_fraction"] == pytest.approx(0.5, abs=0.01) for r in records)
+        assert records[-1]["direct"] < records[0]["direct"]
+        assert all(r["lr"] > 0 and r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in records)
+    prime_records = read_metrics(tmp_path / "metrics.jsonl", "prime")
+    assert prime_records[-1]["think"] < prime_records[0]["think"]
+    assert [t.steps for t in trained] == [total, total] == [8, 8]
 
-    # Same weights as the same 8 steps without Ray, DeepSpeed or the crash.
-    reference = _plain_reference(sequences, train, total, world=2, think_weight=1.0)
-    saved = load_file(trained.adapter_dir / "adapter_model.safetensors")
-    from peft import get_peft_model_state_dict
-
-    expected = get_peft_model_state_dict(reference)
-    assert saved.keys() == expected.keys() and len(saved) == 16
+    # Same weights as the same 8 steps of each student without Ray, DeepSpeed or the crash.
     # (Adam magnifies float rounding on near-zero gradients, so compare the weights as a whole.)
-    for key, value in expected.items():
-        assert (saved[key] - value).norm() <= 1e-3 * value.norm() + 1e-6, key
+    for student, data, weight in zip(trained, (sequences, direct_only), (1.0, 0.0)):
+        expected = get_peft_model_state_dict(_plain_reference(data, train, total, world=2, think_weight=weight))
+        saved = load_file(student.adapter_dir / "adapter_model.safetensors")
+        assert saved.keys() == expected.keys() and len(saved) == 16
+        for key, value in expected.items():
+            assert (saved[key] - value).norm() <= 1e-3 * value.norm() + 1e-6, (student.student, key)
 
     # The adapter loads with PEFT and changes the model's outputs.
     base, _ = load_model(TINY)
     ids = torch.tensor([sequences[0].input_ids])
     with torch.no_grad():
         before = base(input_ids=ids).logits
-        after = PeftModel.from_pretrained(base, str(trained.adapter_dir))(input_ids=ids).logits
+        after = PeftModel.from_pretrained(base, str(trained[0].adapter_dir))(input_ids=ids).logits
     assert (after - before).abs().max() > 1e-2
 
 

@@ -1,23 +1,28 @@
-"""Ray Train wiring: the student trained by a TorchTrainer, with DeepSpeed ZeRO and PEFT LoRA.
+"""Ray Train wiring: students trained by one TorchTrainer, with DeepSpeed ZeRO and PEFT LoRA.
 
-    train_student(...)  driver side: puts the sequences in the object store, runs the TorchTrainer,
-                        copies the final adapter out of the last checkpoint.
-    _train_loop(cfg)    per worker: same base weights everywhere, LoRA, deepspeed.initialize, the
-                        worker's deterministic share of every step (StepPlan), metrics, checkpoints.
+    train_students(...)  driver side: puts each student's sequences in the object store, runs one
+                         TorchTrainer for all of them (one worker start-up), copies the adapters
+                         out of the last checkpoint into train/<student>/adapter/.
+    _train_loop(cfg)     per worker, student after student: the same base weights everywhere, LoRA,
+                         deepspeed.initialize, the worker's deterministic share of every step
+                         (StepPlan), metrics, checkpoints, the gathered adapter.
 
 Fault tolerance: every `checkpoint_every_steps` each worker writes its DeepSpeed shard
 (`engine.save_checkpoint`) and reports it with `ray.train.report`; Ray merges the shards into one
-checkpoint. When a worker dies, Ray restarts the group (up to `max_failures` times) and the loop
-resumes from `ray.train.get_checkpoint()` with `engine.load_checkpoint`: the step plan is a pure
-function of the step, so the resumed run does exactly the steps an uninterrupted one would. A new
-`fit` with the same storage folder (a stage re-run after a crash) resumes the same way.
+checkpoint, which also carries the adapters of the students already finished. When a worker dies,
+Ray restarts the group (up to `max_failures` times) and the loop resumes from
+`ray.train.get_checkpoint()`: finished students are skipped, the current one continues with
+`engine.load_checkpoint`. The step plan is a pure function of the step, so a resumed run does exactly
+the steps an uninterrupted one would. A new `fit` with the same storage folder (a stage re-run after
+a crash) resumes the same way.
 
-The final adapter is gathered from the ZeRO-3 partitions on every worker (GatheredParameters) and
-saved by rank 0 in PEFT format, as the run's last checkpoint.
+Each final adapter is gathered from the ZeRO-3 partitions on every worker (GatheredParameters) and
+saved by rank 0 in PEFT format.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -35,11 +40,21 @@ from ray.train.torch import TorchTrainer
 
 from prime_ray.paths import configure_environment
 from prime_ray.spec import ModelSpec, TrainSpec
-from prime_ray.training.artifacts import Student, append_metrics, rewind_metrics
+from prime_ray.training.artifacts import Student, adapter_dir, append_metrics, rewind_metrics
 from prime_ray.training.collate import StepPlan, TrainSequence
 
 STATE_FILE = "prime_ray_state.json"
-ADAPTER_SUBDIR = "adapter"
+ADAPTERS_SUBDIR = "adapters"
+RUN_NAME = "students"
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    """One student to train: its name, λ, and its sequences."""
+
+    name: Student
+    think_weight: float
+    sequences: Sequence[TrainSequence]
 
 
 @dataclass(frozen=True)
@@ -47,7 +62,6 @@ class TrainedStudent:
     student: Student
     adapter_dir: Path
     steps: int
-    metrics: dict[str, Any]  # the last report of the run (final loss terms, tokens/s, ...)
 
 
 def step_plan(sequences: Sequence[TrainSequence], train: TrainSpec, *, world_size: int, max_steps: int | None) -> StepPlan:
@@ -65,43 +79,35 @@ def step_plan(sequences: Sequence[TrainSequence], train: TrainSpec, *, world_siz
     )
 
 
-def train_student(
+def train_students(
+    students: Sequence[StudentRun],
     *,
-    student: Student,
     model: ModelSpec,
     train: TrainSpec,
-    think_weight: float,
-    sequences: Sequence[TrainSequence],
-    pad_id: int,
     total_steps: int,
-    out_dir: Path,
-    adapter_dir: Path,
+    pad_id: int,
+    train_dir: Path,
     metrics_path: Path,
     progress: Any = None,  # a pipeline StageProgress (picklable): update(done, total, **metrics), info(msg)
-    progress_offset: int = 0,
-    progress_total: int | None = None,
     crash_once_marker: str | None = None,
-) -> TrainedStudent:
-    """Train one student on `sequences` for `total_steps` optimizer steps; its adapter ends in `adapter_dir`.
-
-    Progress events count steps from `progress_offset` out of `progress_total` (default: this run's
-    steps), so several students trained by one stage make one progress bar.
+) -> list[TrainedStudent]:
+    """Train each student for `total_steps` optimizer steps (the same budget); adapters land in
+    `adapter_dir(train_dir, name)`, Ray's run storage in `train_dir/checkpoints/`.
 
     `crash_once_marker` is fault injection for the recovery test: the last worker kills its own process
-    right after the first checkpoint, once (the marker file records that it happened).
+    right after the last student's first checkpoint is registered, once (the marker file records it).
     """
+    names = [s.name for s in students]
+    if len(set(names)) != len(names):
+        raise ValueError(f"student names must be unique, got {names}")
     loop_config = {
-        "student": student,
+        "students": [(s.name, s.think_weight, ray.put(list(s.sequences))) for s in students],
         "model": model,
         "train": train,
-        "think_weight": think_weight,
-        "sequences": ray.put(list(sequences)),
         "pad_id": pad_id,
         "total_steps": total_steps,
         "metrics_path": str(metrics_path),
         "progress": progress,
-        "progress_offset": progress_offset,
-        "progress_total": progress_total or total_steps,
         "crash_once_marker": crash_once_marker,
     }
     env = configure_environment()
@@ -115,8 +121,8 @@ def train_student(
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=student,
-            storage_path=str(Path(out_dir).resolve() / "checkpoints"),
+            name=RUN_NAME,
+            storage_path=str(Path(train_dir).resolve() / "checkpoints"),
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": env},
@@ -125,22 +131,47 @@ def train_student(
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    checkpoint = result.checkpoint
-    if checkpoint is None:
-        raise RuntimeError(f"training the {student} student reported no checkpoint")
-    with checkpoint.as_directory() as directory:
-        state = json.loads((Path(directory) / STATE_FILE).read_text())
-        if not state.get("final"):
-            raise RuntimeError(f"training the {student} student ended without its final adapter (state {state})")
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        shutil.copytree(Path(directory) / ADAPTER_SUBDIR, adapter_dir)
-    return TrainedStudent(student=student, adapter_dir=adapter_dir, steps=state["step"], metrics=dict(result.metrics or {}))
+    if result.checkpoint is None:
+        raise RuntimeError("training reported no checkpoint")
+    state = _read_state(result.checkpoint)
+    if state["student"] != len(students):
+        raise RuntimeError(f"training ended before every student was done (state {state})")
+    trained = []
+    with result.checkpoint.as_directory() as directory:
+        for name in names:
+            target = adapter_dir(train_dir, name)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(Path(directory) / ADAPTERS_SUBDIR / name, target)
+            trained.append(TrainedStudent(student=name, adapter_dir=target, steps=total_steps))
+    return trained
 
 
 # ---------------------------------------------------------------------------------- the worker
 
 
 def _train_loop(config: dict[str, Any]) -> None:
+    train: TrainSpec = config["train"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if not train.use_gpu:
+        import torch
+
+        torch.set_num_threads(max(1, int(train.num_cpus_per_worker)))
+
+    restored = ray.train.get_checkpoint()
+    state = _read_state(restored) if restored is not None else {"student": 0, "step": 0}
+    # Rank 0 keeps the finished students' adapters and puts them in every checkpoint it reports.
+    with tempfile.TemporaryDirectory(prefix="prime-ray-adapters-") as finished:
+        if restored is not None and rank == 0:
+            with restored.as_directory() as directory:
+                shutil.copytree(Path(directory) / ADAPTERS_SUBDIR, finished, dirs_exist_ok=True)
+        for index in range(state["student"], len(config["students"])):
+            resume = restored if index == state["student"] and state["step"] > 0 else None
+            _train_one(config, index, rank, world, Path(finished), resume, state if resume else None)
+
+
+def _train_one(config, index: int, rank: int, world: int, finished: Path, restored, state) -> None:
+    """Train student `index` from scratch, or from `restored` at `state["step"]`; report its adapter."""
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -152,17 +183,12 @@ def _train_loop(config: dict[str, Any]) -> None:
     from prime_ray.training.step import TermMeter, forward_terms
 
     train: TrainSpec = config["train"]
-    student: Student = config["student"]
-    think_weight: float = config["think_weight"]
+    student, think_weight, sequences_ref = config["students"][index]
     total_steps: int = config["total_steps"]
     progress = config["progress"]
+    progress_offset, progress_total = index * total_steps, len(config["students"]) * total_steps
     metrics_path = Path(config["metrics_path"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    if not train.use_gpu:
-        torch.set_num_threads(max(1, int(train.num_cpus_per_worker)))
-
-    sequences: list[TrainSequence] = ray.get(config["sequences"])
+    sequences: list[TrainSequence] = ray.get(sequences_ref)
     plan = step_plan(sequences, train, world_size=world, max_steps=total_steps)
 
     # Same seed on every worker: identical LoRA initialization (ZeRO-3 partitions, it does not broadcast).
@@ -171,21 +197,15 @@ def _train_loop(config: dict[str, Any]) -> None:
     model = attach_lora(model, train.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
-    use_bf16 = train.use_gpu
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(train, total_steps=total_steps, bf16=use_bf16)
+        model=model, optimizer=optimizer, config=deepspeed_config(train, total_steps=total_steps, bf16=train.use_gpu)
     )
     start_schedule(scheduler)
-    device = engine.device
     local_fraction = _local_parameter_fraction(engine.module)
 
     start = 0
-    restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
-            state = json.loads((Path(directory) / STATE_FILE).read_text())
-            if state.get("final"):
-                return  # an earlier attempt finished: its last checkpoint holds the adapter
             engine.load_checkpoint(directory, tag=state["tag"], load_module_strict=False)
         start = state["step"]
         if rank == 0:
@@ -199,7 +219,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         step_lr = float(engine.get_lr()[0])  # the rate this step uses (the scheduler moves at its end)
         engine.train()
         for rows in plan.micro_batches(step, rank):
-            batch = collate_rows(sequences, rows, pad_id=config["pad_id"], packed=train.packing).to(device)
+            batch = collate_rows(sequences, rows, pad_id=config["pad_id"], packed=train.packing).to(engine.device)
             terms = forward_terms(engine, batch, think_weight)
             engine.backward(terms.total)
             engine.step()
@@ -230,46 +250,57 @@ def _train_loop(config: dict[str, Any]) -> None:
             if rank == 0:
                 append_metrics(metrics_path, record)
                 if progress is not None:
-                    progress.update(config["progress_offset"] + done, config["progress_total"], **record)
+                    progress.update(progress_offset + done, progress_total, **record)
             window, window_seconds = TermMeter(), 0.0
         if done % train.checkpoint_every_steps == 0 and done < total_steps:
-            _report_checkpoint(engine, rank, done, {"step": done, "params_local_fraction": local_fraction})
+            tag = f"{student}-step-{done}"
+            _report(rank, {"student": index, "step": done, "tag": tag}, finished, f"checkpoint_{student}_step_{done:06d}",
+                    save=lambda directory: engine.save_checkpoint(directory, tag=tag, exclude_frozen_parameters=True))
             marker = config.get("crash_once_marker")
-            if marker and not os.path.exists(marker):
-                _crash_once(marker, rank, world, done)
+            if marker and index == len(config["students"]) - 1 and not os.path.exists(marker):
+                _crash_once(marker, rank, world, f"checkpoint_{student}_step_{done:06d}")
 
-    _report_adapter(engine, rank, train.zero_stage, total_steps, {"step": total_steps, "final": True,
-                                                                     "params_local_fraction": local_fraction})
+    _gather_adapter(engine, rank, train.zero_stage, finished / student)
+    _report(rank, {"student": index + 1, "step": 0}, finished, f"checkpoint_{student}_done")
+    del engine, model, optimizer, scheduler
+    gc.collect()
 
 
-def _report_checkpoint(engine, rank: int, step: int, metrics: dict[str, Any]) -> None:
-    """Every worker saves its DeepSpeed shard; Ray merges the folders into one checkpoint."""
-    tag = f"step-{step}"
+def _report(rank: int, state: dict[str, Any], finished: Path, name: str, save=None) -> None:
+    """Report a checkpoint: every worker's DeepSpeed shard (`save`), and from rank 0 the state and
+    the finished students' adapters. Ray merges the workers' folders into one checkpoint."""
     with tempfile.TemporaryDirectory(prefix="prime-ray-ckpt-") as directory:
-        engine.save_checkpoint(directory, tag=tag, client_state={"step": step}, exclude_frozen_parameters=True)
+        if save is not None:
+            save(directory)
         if rank == 0:
-            (Path(directory) / STATE_FILE).write_text(json.dumps({"step": step, "tag": tag, "final": False}))
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=_checkpoint_dir_name(step))
+            (Path(directory) / STATE_FILE).write_text(json.dumps(state))
+            shutil.copytree(finished, Path(directory) / ADAPTERS_SUBDIR)
+        has_files = any(Path(directory).iterdir())
+        checkpoint = Checkpoint.from_directory(directory) if has_files else None
+        ray.train.report({"student_index": state["student"], "step": state["step"]}, checkpoint=checkpoint,
+                         checkpoint_dir_name=name)
 
 
-def _report_adapter(engine, rank: int, zero_stage: int, step: int, metrics: dict[str, Any]) -> None:
+def _gather_adapter(engine, rank: int, zero_stage: int, target: Path) -> None:
     """Gather the LoRA weights (all ranks, needed under ZeRO-3) and save them in PEFT format on rank 0."""
     import deepspeed
 
     model = engine.module
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    with tempfile.TemporaryDirectory(prefix="prime-ray-adapter-") as directory:
-        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None, enabled=zero_stage == 3):
-            if rank == 0:
-                state = {name: p.detach().to("cpu", copy=True) for name, p in named}
-                model.save_pretrained(Path(directory) / ADAPTER_SUBDIR, state_dict=state)
-                (Path(directory) / STATE_FILE).write_text(json.dumps({"step": step, "final": True}))
-        checkpoint = Checkpoint.from_directory(directory) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name="checkpoint_final_adapter")
+    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None, enabled=zero_stage == 3):
+        if rank == 0:
+            state = {name: p.detach().to("cpu", copy=True) for name, p in named}
+            model.save_pretrained(target, state_dict=state)
 
 
-def _crash_once(marker: str, rank: int, world: int, step: int) -> None:
+def _read_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    """What a checkpoint of this loop holds: {"student": index of the student in training (or the
+    count when all are done), "step": its last step, "tag": the DeepSpeed tag when step > 0}."""
+    with checkpoint.as_directory() as directory:
+        return json.loads((Path(directory) / STATE_FILE).read_text())
+
+
+def _crash_once(marker: str, rank: int, world: int, checkpoint_dir_name: str) -> None:
     """Fault injection: the last worker kills its own process, once, after the checkpoint is registered.
 
     Ray registers a reported checkpoint when its controller has collected every worker's report, and
@@ -283,19 +314,15 @@ def _crash_once(marker: str, rank: int, world: int, step: int) -> None:
     while time.monotonic() < deadline:
         try:
             with storage.storage_filesystem.open_input_stream(storage.checkpoint_manager_snapshot_path) as f:
-                if _checkpoint_dir_name(step).encode() in f.read():
+                if checkpoint_dir_name.encode() in f.read():
                     break
         except FileNotFoundError:
             pass
         time.sleep(0.2)
     else:
-        raise TimeoutError(f"the step-{step} checkpoint was not registered within 120 s")
-    Path(marker).write_text(str(step))
+        raise TimeoutError(f"checkpoint {checkpoint_dir_name} was not registered within 120 s")
+    Path(marker).write_text(checkpoint_dir_name)
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_step_{step:06d}"
 
 
 def _local_parameter_fraction(module) -> float:

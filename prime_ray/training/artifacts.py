@@ -2,7 +2,7 @@
 
     train/<student>/adapter/     the LoRA adapter (PEFT `save_pretrained` format)
     train/<student>/merged/      the base model with the adapter merged in (when asked for)
-    train/<student>/checkpoints/ Ray Train run storage (DeepSpeed checkpoints), for resuming
+    train/checkpoints/           Ray Train run storage (DeepSpeed checkpoints), for resuming
     train/metrics.jsonl          one record per logged step: {"student", "step", "loss", "direct", ...}
     train/curves.png             both loss terms and the learning rate against the step
 """

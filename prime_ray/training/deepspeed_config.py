@@ -17,7 +17,7 @@ COSINE_MIN_RATIO = 0.1
 
 
 def warmup_steps(train: TrainSpec, total_steps: int) -> int:
-    return max(1, round(train.warmup_ratio * total_steps))
+    return max(2, round(train.warmup_ratio * total_steps))  # DeepSpeed's schedulers warm up 2 steps at least
 
 
 def deepspeed_config(train: TrainSpec, *, total_steps: int, bf16: bool) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Reads ingest's training examples, their memory and the kept traces; tokenizes them into direct and
 think sequences (training/collate.py) and trains the student with λ = spec.train.lambda into
 `train/prime/`. With `train.fast_thinking_baseline`, the λ = 0 student is trained into `train/fast/`
-by the same code for the same number of optimizer steps (on the direct sequences alone: with λ = 0 the
-think sequences add nothing to the loss). Both write `train/metrics.jsonl`; `train/curves.png` plots them.
+by the same code, in the same Ray Train run, for the same number of optimizer steps (on the direct
+sequences alone: with λ = 0 the think sequences add nothing to the loss). Both write
+`train/metrics.jsonl`; `train/curves.png` plots them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class TrainStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from prime_ray.data.store import read_examples
-        from prime_ray.distributed.train import step_plan, train_student
+        from prime_ray.distributed.train import StudentRun, step_plan, train_students
         from prime_ray.memory.store import MEMORY_FILE, read_memory
         from prime_ray.models.loading import load_tokenizer
         from prime_ray.training.artifacts import (
@@ -44,7 +45,6 @@ class TrainStage(Stage):
             adapter_dir,
             merged_dir,
             read_metrics,
-            student_dir,
         )
         from prime_ray.training.collate import SequenceBuilder
         from prime_ray.training.curves import plot_curves
@@ -77,34 +77,28 @@ class TrainStage(Stage):
 
         metrics_path = ctx.out_dir / METRICS_FILE
         metrics_path.touch()
-        outputs = list(self.outputs)
-        result_metrics: dict = {"think_weight": think_weight}
         started = time.perf_counter()
-        for index, (name, weight) in enumerate(students):
-            trained = train_student(
-                student=name,
-                model=spec.model,
-                train=train,
-                think_weight=weight,
-                sequences=collations[name].sequences,
-                pad_id=tokenizer.pad_token_id,
-                total_steps=total_steps,
-                out_dir=student_dir(ctx.out_dir, name),
-                adapter_dir=adapter_dir(ctx.out_dir, name),
-                metrics_path=metrics_path,
-                progress=ctx.progress,
-                progress_offset=index * total_steps,
-                progress_total=len(students) * total_steps,
-            )
-            if name != "prime":
-                outputs.append(f"{name}/adapter")
+        train_students(
+            [StudentRun(name, weight, collations[name].sequences) for name, weight in students],
+            model=spec.model,
+            train=train,
+            total_steps=total_steps,
+            pad_id=tokenizer.pad_token_id,
+            train_dir=ctx.out_dir,
+            metrics_path=metrics_path,
+            progress=ctx.progress,
+        )
+        seconds_training = round(time.perf_counter() - started, 2)
+        outputs = [f"{name}/adapter" for name, _ in students] + ["curves.png", "metrics.jsonl"]
+        result_metrics: dict = {"think_weight": think_weight}
+        for name, _ in students:
             if spec.train.merge_adapter:
-                merge_adapter(spec.model, trained.adapter_dir, merged_dir(ctx.out_dir, name))
+                merge_adapter(spec.model, adapter_dir(ctx.out_dir, name), merged_dir(ctx.out_dir, name))
                 outputs.append(f"{name}/merged")
             last = read_metrics(metrics_path, name)[-1]
             for key in ("loss", "direct", "think", "tokens_per_s"):
                 result_metrics[f"{name}_{key}"] = round(last[key], 4)
-        result_metrics["seconds_training"] = round(time.perf_counter() - started, 2)
+        result_metrics["seconds_training"] = seconds_training
         plot_curves(read_metrics(metrics_path), ctx.out_dir / CURVES_FILE)
         # The outputs depend on the spec (fast student, merged models): the manifest hashes these.
         self.outputs = tuple(outputs)

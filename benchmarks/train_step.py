@@ -1,0 +1,153 @@
+"""Training throughput on CPU: the Ray Train + DeepSpeed path against the plain-PyTorch step, and
+packed against padded batches, on the same model and the same trace-like data.
+
+    python benchmarks/train_step.py [--steps 6] [--rounds 3] [--hidden 256] [--layers 4]
+
+1. ray_vs_plain: tokens/s of `train_students` (2 Ray Train workers, 1 CPU each, DeepSpeed ZeRO-2, LoRA),
+   as its workers measure it (time in training steps, startup and checkpoints excluded), divided by
+   tokens/s of `train_step` in this process (torch using both cores) over the same step plan. Both are
+   medians of per-step rates.
+2. packed_vs_padded: non-padding tokens/s of the plain step with packed rows (max_length budgets)
+   divided by that with padded batches (one sequence per row, padded to the longest), on a mix of
+   short direct sequences and long think sequences like PRIME's.
+
+The last line is `RATIO ray_vs_plain=<x> packed_vs_padded=<y>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from prime_ray.distributed.cluster import ensure_ray
+from prime_ray.distributed.train import StudentRun, step_plan, train_students
+from prime_ray.models.loading import load_model
+from prime_ray.paths import configure_environment
+from prime_ray.spec import ModelSpec, ResourcesSpec, TrainSpec
+from prime_ray.training.artifacts import read_metrics
+from prime_ray.training.collate import IGNORE_INDEX, TrainSequence, collate_rows
+from prime_ray.training.deepspeed_config import deepspeed_config, start_schedule
+from prime_ray.training.lora import attach_lora
+from prime_ray.training.step import train_step
+
+PAD = 0
+
+
+def trace_like_sequences(n: int, vocab: int, seed: int = 0) -> list[TrainSequence]:
+    """Half direct (prompt 60–140, answer 4 tokens), half think (prompt 120–260, trace 40–220, answer 4)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        think = i % 2 == 1
+        prompt = rng.randint(120, 260) if think else rng.randint(60, 140)
+        completion = (rng.randint(40, 220) if think else 0) + 4
+        ids = [rng.randrange(1, vocab) for _ in range(prompt + completion)]
+        out.append(TrainSequence(f"u/{i}", "think" if think else "direct", tuple(ids),
+                                 tuple([IGNORE_INDEX] * prompt + ids[prompt:])))
+    return out
+
+
+def save_random_llama(directory: Path, hidden: int, layers: int, vocab: int) -> ModelSpec:
+    """A random Llama with the tiny model's tokenizer, saved where load_model can read it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer = load_model(ModelSpec(name_or_path="tiny-test"))
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                         num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                         num_key_value_heads=max(1, hidden // 128), max_position_embeddings=2048,
+                         pad_token_id=PAD, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return ModelSpec(name_or_path=str(directory))
+
+
+class PlainRun:
+    """The plain step over a step plan, one call at a time: per-step non-padding tokens/s."""
+
+    def __init__(self, model_spec, sequences, train: TrainSpec, total_steps: int, world: int, packing: bool):
+        from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+        self.train = train.model_copy(update={"packing": packing})
+        self.sequences = sequences
+        self.world = world
+        self.plan = step_plan(sequences, self.train, world_size=world, max_steps=total_steps)
+        torch.manual_seed(train.seed)
+        model, _ = load_model(model_spec, dtype="float32")
+        self.model = attach_lora(model, train.lora)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=train.lr)
+        params = deepspeed_config(self.train, total_steps=total_steps, bf16=False)["scheduler"]["params"]
+        self.scheduler = WarmupCosineLR(self.optimizer, **params)
+        start_schedule(self.scheduler)
+        self.step = 0
+
+    def run(self, steps: int) -> list[float]:
+        rates = []
+        for _ in range(steps):
+            batches = [collate_rows(self.sequences, rows, pad_id=PAD, packed=self.train.packing)
+                       for rank in range(self.world) for rows in self.plan.micro_batches(self.step, rank)]
+            stats = train_step(self.model, self.optimizer, batches, think_weight=1.0, grad_clip=self.train.grad_clip,
+                               scheduler=self.scheduler)
+            rates.append(stats.tokens / stats.seconds)
+            self.step += 1
+        return rates
+
+
+def ray_tokens_per_s(model_spec, sequences, train: TrainSpec, steps: int, out: Path) -> float:
+    ensure_ray(ResourcesSpec(num_cpus=2))
+    out.mkdir(parents=True, exist_ok=True)
+    train_students([StudentRun("prime", 1.0, sequences)], model=model_spec, train=train, total_steps=steps,
+                   pad_id=PAD, train_dir=out, metrics_path=out / "metrics.jsonl")
+    records = read_metrics(out / "metrics.jsonl", "prime")
+    return statistics.median(r["tokens_per_s"] for r in records[1:])  # the first window holds the warm-up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="steps per round of each plain mode")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--sequences", type=int, default=256)
+    args = parser.parse_args()
+    configure_environment()
+    torch.set_num_threads(2)
+
+    sequences = trace_like_sequences(args.sequences, args.vocab)
+    lengths = [len(s) for s in sequences]
+    print(f"data: {len(sequences)} sequences, length mean {statistics.mean(lengths):.0f}, "
+          f"min {min(lengths)}, max {max(lengths)}")
+    train = TrainSpec(zero_stage=2, micro_batch_size=4, num_workers=2, num_cpus_per_worker=1, max_length=512,
+                      lr=1e-3, log_every_steps=1, checkpoint_every_steps=10**6, max_steps=args.steps * args.rounds + 1)
+    with tempfile.TemporaryDirectory(prefix="prime-ray-bench-") as tmp:
+        model_spec = save_random_llama(Path(tmp) / "model", args.hidden, args.layers, args.vocab)
+        print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; LoRA r={train.lora.r}")
+
+        # Interleaved rounds, medians of per-step rates: robust to other load on a shared machine.
+        runs = {mode: PlainRun(model_spec, sequences, train, 1 + args.rounds * args.steps, world=2, packing=mode == "packed")
+                for mode in ("padded", "packed")}
+        rates: dict[str, list[float]] = {"padded": [], "packed": []}
+        for run in runs.values():
+            run.run(1)  # warm-up
+        for _ in range(args.rounds):
+            for mode, run in runs.items():
+                rates[mode] += run.run(args.steps)
+        padded, packed = (statistics.median(rates[m]) for m in ("padded", "packed"))
+        print(f"plain step, padded batches (4 sequences per micro-batch): {padded:,.0f} non-padding tokens/s")
+        print(f"plain step, packed rows (4 rows of <= 512 tokens per micro-batch): {packed:,.0f} non-padding tokens/s")
+
+        ray = ray_tokens_per_s(model_spec, sequences, train, train.max_steps, Path(tmp) / "ray")
+        print(f"Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, padded: {ray:,.0f} tokens/s "
+              f"(plain step on the same plan: {padded:,.0f})")
+    print(f"RATIO ray_vs_plain={ray / padded:.2f} packed_vs_padded={packed / padded:.2f}")
+
+
+if __name__ == "__main__":
+    main()
