@@ -21,6 +21,8 @@ LEAKS = [
     "The given answer of 4 agrees with the user's history of action movies overall.",
     "The answer is 4. The user liked GoldenEye and Heat, which are similar action films.",
     "This user's real answer is 4, and they liked GoldenEye and Heat, similar action films.",
+    "This user rated the movie as 4 out of 5, which is a pretty good score for an action film.",
+    "This user rated it with a score of 4 on the scale, since they like action films a lot.",
 ]
 
 
@@ -47,11 +49,14 @@ def test_a_leaked_hint_is_rejected(trace):
 
 
 def test_reasoning_that_merely_uses_words_like_given_is_not_a_leak():
-    trace = "Given the user's love of action films, and since they rated Heat 4, the rating is likely high."
+    trace = "Given the user's love of action films, the rating is likely high. They rated Heat 4, a similar film."
     assert not F.leaks_hint(trace, "4")
     # the answer stated as the conclusion (last sentence) is fine; only an opening statement leaks
     assert not F.opens_with_answer("They like thrillers. So the rating is 4.", "4")
     assert F.opens_with_answer("Rating: 4. They like thrillers.", "4")
+    assert F.opens_with_answer('They rated it as a "4" since it is a thriller.', "4")
+    assert F.opens_with_answer("The label is Drama, since they watch dramas.", "Drama")
+    assert not F.opens_with_answer("They gave 14 films a 5, and loved thrillers.", "4")
     assert not F.opens_with_answer("The rating of 3.5 stars from critics is irrelevant. They like it.", "4")
 
 

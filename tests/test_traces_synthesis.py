@@ -16,7 +16,7 @@ from prime_ray.traces.stats import trace_stats
 from prime_ray.traces.store import read_kept_traces, write_traces
 from prime_ray.traces.synthesis import TraceSynthesizer
 
-GOOD = "They rated GoldenEye 4 and Heat 5; both are action thrillers like this film, so they should enjoy it."
+GOOD = "They loved GoldenEye and Heat; both are action thrillers like this film, so they should enjoy it."
 LEAK = "The hint says the rating is 4, so the user must like this film quite a lot overall."
 LOOP = "the user likes it and " * 15
 OPENING = "Looking at this user: "

@@ -67,7 +67,6 @@ class Generalist:
             import torch
 
             torch.set_num_threads(cpu_threads)
-        self.model_name = model["name_or_path"]
         self.engine = create_engine(
             ModelSpec.model_validate(model),
             backend=backend,

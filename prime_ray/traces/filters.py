@@ -56,16 +56,25 @@ def mentions_hint(trace: str) -> bool:
 
 
 def opens_with_answer(trace: str, gold: str) -> bool:
-    """The first sentence states the gold answer as the answer ("The answer is 4.", "Answer: drama").
+    """The first sentence states the gold answer ("The answer is 4.", "This user rated it as 4 out of 5.").
 
-    Reasoning that starts from its conclusion was copied from the hint, not derived from the memory.
+    Reasoning that starts from its conclusion restates the hint instead of deriving it from the memory.
+    An opening that cites an episode with the same value ("They rated Heat as 4") is caught too: the
+    two cannot be told apart without the titles, and dropping a few good traces is the safe side.
     """
     first = _SENTENCE_END_RE.split(trace.strip(), maxsplit=1)[0]
-    gold = re.escape(gold.strip())
+    gold = gold.strip()
     if not gold:
         return False
-    pattern = rf"\b(answer|rating|label|prediction)\b\W*(?:\w+\W+){{0,3}}?(is|:|=|would\s+be|will\s+be)\W*{gold}(?!\w)"
-    return re.search(pattern, first, re.IGNORECASE) is not None
+    value = rf"[\"'“‘*]*{re.escape(gold)}[\"'”’*]*(?!\w)"
+    stated = [
+        # "answer is 4", "rating: 4", "a score of 4", "rated it as a 4", "rate this movie 4"
+        rf"\b(answer|rating|label|prediction|score|rated?|rates)\b\W*(?:\w+\W+){{0,4}}?"
+        rf"(is|as|of|:|=|would\s+be|will\s+be)?\s*(a\s+|an\s+)?{value}",
+        # "4 out of 5", "4/5", "4 stars"
+        rf"(?<![\w.]){value}\s*(out\s+of\s+\d|/\s*\d|stars?\b)",
+    ]
+    return any(re.search(p, first, re.IGNORECASE) for p in stated)
 
 
 def leaks_hint(trace: str, gold: str) -> bool:
