@@ -203,13 +203,13 @@ def render_markdown(report: Report) -> str:
 
 
 def plot_report(report: Report, path: Path) -> None:
-    """Two panels: the primary metric and the repetition rate, one bar per mode and split, 95 % error bars."""
+    """Two stacked panels: the primary metric and the repetition rate, a bar per mode and split, 95 % error bars."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
 
     modes, splits = report.modes, report.splits
     panels = [(report.primary_metric, "metrics"), ("repetition", "health")]
-    fig = Figure(figsize=(max(7.0, 1.3 * len(modes) * 2), 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(max(7.0, 1.2 * len(modes)), 7.5), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)  # stacked: the mode names fit under one axis
     width = 0.8 / max(1, len(splits))
     x = np.arange(len(modes))
     for ax, (name, group) in zip(axes, panels):
