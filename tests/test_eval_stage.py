@@ -7,8 +7,8 @@ import pytest
 
 from prime_ray.data.schema import Example
 from prime_ray.engine.base import Generation
-from prime_ray.pipeline.stages.eval import MODES, _AnswerUser, _Generated, _outcome, _select
-from prime_ray.spec import EvalMode, PromptMode, RankingTask, RatingTask, load_spec
+from prime_ray.pipeline.stages.eval import MODES, _AnswerUser, _Generated, _outcome, _select, plan_modes
+from prime_ray.spec import EvalMode, PromptMode, RankingTask, RatingTask, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -22,6 +22,18 @@ def test_every_mode_has_a_model_and_a_prompt_mode():
     assert set(MODES) == set(EvalMode)
     assert MODES[EvalMode.prime_personal_think] == ("prime", PromptMode.personal_think)
     assert MODES[EvalMode.fast_think] == ("fast", PromptMode.think)
+
+
+def test_modes_of_a_student_without_an_adapter_are_skipped_with_the_reason(tmp_path):
+    (tmp_path / "prime").mkdir()
+    adapters = {"prime": tmp_path / "prime", "fast": tmp_path / "fast"}
+    base = {"name": "j", "data": {"source": {"format": "jsonl", "path": "u.jsonl"}, "task": {"kind": "rating"}}}
+    modes, skipped = plan_modes(parse_spec(base), adapters)
+    assert [m.value for m in modes] == ["generalist-direct", "generalist-think", "generalist-personal-think",
+                                        "prime-direct", "prime-personal-think"]
+    assert set(skipped) == {"fast-direct", "fast-think"} and "fast_thinking_baseline is false" in skipped["fast-think"]
+    trained = parse_spec({**base, "train": {"fast_thinking_baseline": True}, "eval": {"modes": ["fast-direct"]}})
+    assert plan_modes(trained, adapters) == ([], {"fast-direct": f"no fast adapter at {tmp_path / 'fast'}"})
 
 
 def test_select_is_seeded_per_split_and_bounded():

@@ -19,6 +19,7 @@ import json
 import random
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from prime_ray.data.schema import Example
@@ -112,6 +113,20 @@ def _outcome(example: Example, prompt_mode: PromptMode, gen: _Generated, task: T
     return Outcome(example.example_id, example.output, parsed.answer, trace=trace, gold_rank=rank), parsed
 
 
+def plan_modes(spec: JobSpec, adapters: dict[str, Path]) -> tuple[list[EvalMode], dict[str, str]]:
+    """The modes to run (in spec order) and, for the others, why not: a student without an adapter."""
+    modes, skipped = [], {}
+    for mode in spec.eval.modes:
+        student = MODES[mode][0]
+        if student is None or adapters[student].is_dir():
+            modes.append(mode)
+        elif student == "fast" and not spec.train.fast_thinking_baseline:
+            skipped[mode.value] = "no fast-thinking student was trained (train.fast_thinking_baseline is false)"
+        else:
+            skipped[mode.value] = f"no {student} adapter at {adapters[student]}"
+    return modes, skipped
+
+
 @register_stage
 class EvalStage(Stage):
     name = "eval"
@@ -139,18 +154,9 @@ class EvalStage(Stage):
         tokenizer = load_tokenizer(spec.model)
 
         adapters = {student: adapter_dir(ctx.inputs["train"], student) for student in ("fast", "prime")}
-        modes, skipped = [], {}
-        for mode in spec.eval.modes:
-            student = MODES[mode][0]
-            if student is not None and not adapters[student].is_dir():
-                skipped[mode.value] = (
-                    "no fast-thinking student was trained (train.fast_thinking_baseline is false)"
-                    if student == "fast" and not spec.train.fast_thinking_baseline
-                    else f"no {student} adapter at {adapters[student]}"
-                )
-                ctx.progress.info(f"{mode.value}: skipped, {skipped[mode.value]}")
-            else:
-                modes.append(mode)
+        modes, skipped = plan_modes(spec, adapters)
+        for mode, why in skipped.items():
+            ctx.progress.info(f"{mode}: skipped, {why}")
 
         evaluated = [e for split in spec.eval.splits for e in by_split[split]]
         ctx.progress.info(
