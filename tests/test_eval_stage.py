@@ -51,9 +51,11 @@ def test_outcome_measures_whatever_a_think_mode_wrote():
     looping = _Generated("u0/m0", "the user the user the user likes it. Answer: 5", 12, "stop", None)
     think, parsed = _outcome(_example(0, "test_query"), PromptMode.think, looping, task)
     assert think.predicted == "5" and parsed.ok
-    assert think.trace == looping.text  # no think block: the whole output is the trace
+    assert think.trace == "the user the user the user likes it."  # no think block: all before the answer line
     direct, _ = _outcome(_example(0, "test_query"), PromptMode.direct, looping, task)
     assert direct.trace is None
+    at_once = _Generated("u0/m0", "Answer: 5", 3, "stop", None)
+    assert _outcome(_example(0, "test_query"), PromptMode.think, at_once, task)[0].trace == ""
     blocked = _Generated("u0/m0", "<think>\nliked dramas\n</think>\nAnswer: 4", 9, "stop", None)
     assert _outcome(_example(0, "test_query"), PromptMode.personal_think, blocked, task)[0].trace == "liked dramas"
 

@@ -109,13 +109,14 @@ def test_thinking_health():
     outcomes = [
         Outcome("1", "4", "4", trace="a b c a b c"),
         Outcome("2", "4", None, trace="the user rates dramas high"),
-        Outcome("3", "4", "3", trace=None),
+        Outcome("3", "4", "3", trace=None),  # not asked to think: not counted
         Outcome("4", "4", "4", trace="ok"),  # too short for 3-grams: no repetition value
+        Outcome("5", "4", "4", trace=""),  # asked to think, answered at once: 0 words
     ]
     health = thinking_health(outcomes, n_resamples=100, seed=0)
-    assert health["parse_rate"].value == pytest.approx(0.75)
+    assert health["parse_rate"].value == pytest.approx(0.8)
     assert health["repetition"].value == pytest.approx((0.25 + 0.0) / 2)
-    assert health["trace_words"].value == pytest.approx((6 + 5 + 1) / 3)
+    assert health["trace_words"].value == pytest.approx((6 + 5 + 1 + 0) / 4)
     # bigrams: ab bc ca ab bc | the-user user-rates rates-dramas dramas-high | (none): 7 unique of 9
     assert health["distinct_2"].value == pytest.approx(7 / 9)
     direct = thinking_health([Outcome("1", "4", "4")], n_resamples=100, seed=0)

@@ -43,7 +43,7 @@ class Outcome:
     example_id: str
     gold: str
     predicted: str | None  # the parsed, normalized answer; None when the output could not be parsed
-    trace: str | None = None  # the reasoning text (the think block), None when the mode wrote none
+    trace: str | None = None  # the reasoning text; None: none was asked for (direct); "": asked, wrote none
     gold_rank: int | None = None  # ranking tasks: 1-based rank of the gold candidate; None when unranked
 
 
@@ -309,10 +309,11 @@ def task_metrics(
 def thinking_health(outcomes: Sequence[Outcome], *, n_resamples: int, seed: int) -> dict[str, MetricValue]:
     """Parse rate, repetition rate (mean over traces of ≥ 3 words), distinct-2 and mean trace length.
 
-    Only repetition carries an interval; modes without traces (direct) get None for the trace metrics.
+    Only repetition carries an interval. Trace length counts an empty trace (asked to think, answered
+    at once) as 0 words; modes that were not asked to think (trace None) get None for trace metrics.
     """
     n = len(outcomes)
-    traces = [o.trace for o in outcomes if o.trace and o.trace.strip()]
+    traces = [o.trace for o in outcomes if o.trace is not None]
     repetition = [r for r in (repetition_rate(t) for t in traces) if r is not None]
     return {
         "parse_rate": MetricValue(sum(o.predicted is not None for o in outcomes) / n if n else None),

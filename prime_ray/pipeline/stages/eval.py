@@ -30,7 +30,7 @@ from prime_ray.evaluation.report import REPORT_FILES, ModeResult, Report, summar
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory, read_memory
 from prime_ray.models.loading import load_tokenizer
 from prime_ray.models.parser import parse_output
-from prime_ray.models.prompts import completion_text, render_prompt
+from prime_ray.models.prompts import ANSWER_PREFIX, completion_text, render_prompt
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
 from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, config_hash
 from prime_ray.training.artifacts import adapter_dir
@@ -102,11 +102,13 @@ def _select(examples: list[Example], splits: Sequence[str], max_examples: int | 
 
 def _outcome(example: Example, prompt_mode: PromptMode, gen: _Generated, task: TaskSpec) -> tuple[Outcome, Any]:
     parsed = parse_output(gen.text, task, example.candidates)
-    # Asked to think, whatever the model wrote is its thinking: an output that never opens a think
-    # block (or loops until the token limit) is measured as it is, not dropped from the health metrics.
+    # Asked to think, whatever the model wrote before its answer line is its thinking: an output that
+    # never opens a think block (or loops until the token limit) is measured as it is, and one that
+    # answers at once thought nothing ("" : 0 words), which the health metrics must show, not drop.
     trace = parsed.trace
     if prompt_mode != PromptMode.direct and not trace:
-        trace = gen.text.strip() or None
+        marker = gen.text.lower().find(ANSWER_PREFIX.lower())
+        trace = (gen.text if marker < 0 else gen.text[:marker]).strip()
     rank = None
     if task.kind == "ranking" and gen.scores is not None:
         rank = gold_rank(candidate_ranking(parsed.answer, example.candidates or [], gen.scores), example.output)
