@@ -52,6 +52,7 @@ def test_report_files_are_written_and_parse(tmp_path):
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table_rows) == 2 * (1 + 2)  # a header and two modes per split
     assert "**generalist-think**" in markdown  # the best MAE is marked
+    assert "≤ 0 (data.task.tolerance)" in markdown
     assert "0.667 [" in markdown and "(1 failed)" in markdown and "fast-direct" in markdown
 
     with Image.open(paths["report.png"]) as image:

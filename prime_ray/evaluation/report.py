@@ -190,6 +190,8 @@ def render_markdown(report: Report) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     if report.skipped_modes:
         lines += ["", "Not evaluated: " + "; ".join(f"{m} ({why})" for m, why in report.skipped_modes.items())]
+    if report.task.kind == "rating":
+        lines += ["", f"Rating accuracy: share with |prediction − gold| ≤ {report.task.tolerance:g} (data.task.tolerance)."]
     lines += [
         "",
         "Unparsed answers count as wrong (ratings: the largest possible error). Repetition: share of a trace's "
