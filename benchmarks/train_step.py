@@ -1,15 +1,18 @@
 """Training throughput on CPU: the Ray Train + DeepSpeed path against the plain-PyTorch step, and
 packed against padded batches, on the same model and the same trace-like data.
 
-    python benchmarks/train_step.py [--steps 6] [--rounds 3] [--hidden 256] [--layers 4]
+    python benchmarks/train_step.py [--steps 3] [--rounds 2] [--hidden 256] [--layers 4]
 
-1. ray_vs_plain: tokens/s of `train_students` (2 Ray Train workers, 1 CPU each, DeepSpeed ZeRO-2, LoRA),
-   as its workers measure it (time in training steps, startup and checkpoints excluded), divided by
-   tokens/s of `train_step` in this process (torch using both cores) over the same step plan. Both are
-   medians of per-step rates.
-2. packed_vs_padded: non-padding tokens/s of the plain step with packed rows (max_length budgets)
-   divided by that with padded batches (one sequence per row, padded to the longest), on a mix of
-   short direct sequences and long think sequences like PRIME's.
+1. ray_vs_plain: tokens/s of `train_students` with one Ray Train worker (1 CPU, 1 torch thread,
+   DeepSpeed ZeRO-2, LoRA, grad_accum 2), as the worker measures it (time in training steps; start-up
+   and checkpoints excluded), divided by tokens/s of `train_step` in this process on 1 torch thread
+   over the same step plan, measured before and after the Ray runs (the better one counts): what the
+   distributed path costs on equal resources. Both are medians of per-step rates. The same plan on
+   2 workers is printed too: how it scales depends on how busy the machine's cores are.
+2. packed_vs_padded: non-padding tokens/s of the plain step with packed rows (2 rows of <= 512
+   tokens per micro-batch) divided by that with padded batches (4 sequences per micro-batch, each
+   padded to the longest: about as many tokens per forward), on a mix of short direct sequences and
+   long think sequences like PRIME's.
 
 The last line is `RATIO ray_vs_plain=<x> packed_vs_padded=<y>`.
 """
@@ -17,10 +20,10 @@ The last line is `RATIO ray_vs_plain=<x> packed_vs_padded=<y>`.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -85,7 +88,7 @@ class PlainRun:
         params = deepspeed_config(self.train, total_steps=total_steps, bf16=False)["scheduler"]["params"]
         self.scheduler = WarmupCosineLR(self.optimizer, **params)
         start_schedule(self.scheduler)
-        self.step = 0
+        self.step = self.tokens = self.padded_tokens = 0
 
     def run(self, steps: int) -> list[float]:
         rates = []
@@ -95,8 +98,15 @@ class PlainRun:
             stats = train_step(self.model, self.optimizer, batches, think_weight=1.0, grad_clip=self.train.grad_clip,
                                scheduler=self.scheduler)
             rates.append(stats.tokens / stats.seconds)
+            self.tokens += stats.tokens
+            self.padded_tokens += stats.padded_tokens
             self.step += 1
         return rates
+
+    @property
+    def efficiency(self) -> float:
+        """Share of the processed tokens that are not padding."""
+        return self.tokens / max(self.padded_tokens, 1)
 
 
 def ray_tokens_per_s(model_spec, sequences, train: TrainSpec, steps: int, out: Path) -> float:
@@ -110,43 +120,63 @@ def ray_tokens_per_s(model_spec, sequences, train: TrainSpec, steps: int, out: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6, help="steps per round of each plain mode")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="steps per round of each plain mode")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--sequences", type=int, default=256)
     args = parser.parse_args()
     configure_environment()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # like each Ray Train worker
 
+    print("load average at start: {:.1f} {:.1f} {:.1f} on {} CPUs".format(*os.getloadavg(), os.cpu_count()))
     sequences = trace_like_sequences(args.sequences, args.vocab)
     lengths = [len(s) for s in sequences]
     print(f"data: {len(sequences)} sequences, length mean {statistics.mean(lengths):.0f}, "
           f"min {min(lengths)}, max {max(lengths)}")
-    train = TrainSpec(zero_stage=2, micro_batch_size=4, num_workers=2, num_cpus_per_worker=1, max_length=512,
+    train = TrainSpec(zero_stage=2, micro_batch_size=2, num_workers=2, num_cpus_per_worker=1, max_length=512,
                       lr=1e-3, log_every_steps=1, checkpoint_every_steps=10**6, max_steps=args.steps * args.rounds + 1)
     with tempfile.TemporaryDirectory(prefix="prime-ray-bench-") as tmp:
         model_spec = save_random_llama(Path(tmp) / "model", args.hidden, args.layers, args.vocab)
         print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; LoRA r={train.lora.r}")
 
         # Interleaved rounds, medians of per-step rates: robust to other load on a shared machine.
-        runs = {mode: PlainRun(model_spec, sequences, train, 1 + args.rounds * args.steps, world=2, packing=mode == "packed")
-                for mode in ("padded", "packed")}
-        rates: dict[str, list[float]] = {"padded": [], "packed": []}
+        # Padded batches of 4 sequences process about as many tokens per forward as 2 packed rows.
+        steps = 1 + 2 * args.rounds * args.steps
+        runs = {
+            "plain": PlainRun(model_spec, sequences, train, steps, world=2, packing=False),
+            "padded": PlainRun(model_spec, sequences, train.model_copy(update={"micro_batch_size": 4}), steps,
+                               world=2, packing=False),
+            "packed": PlainRun(model_spec, sequences, train, steps, world=2, packing=True),
+        }
+        rates: dict[str, list[float]] = {mode: [] for mode in runs}
         for run in runs.values():
             run.run(1)  # warm-up
         for _ in range(args.rounds):
             for mode, run in runs.items():
                 rates[mode] += run.run(args.steps)
         padded, packed = (statistics.median(rates[m]) for m in ("padded", "packed"))
-        print(f"plain step, padded batches (4 sequences per micro-batch): {padded:,.0f} non-padding tokens/s")
-        print(f"plain step, packed rows (4 rows of <= 512 tokens per micro-batch): {packed:,.0f} non-padding tokens/s")
+        print(f"plain step, padded (4 sequences per micro-batch, {runs['padded'].efficiency:.0%} real tokens): "
+              f"{padded:,.0f} non-padding tokens/s")
+        print(f"plain step, packed (2 rows of <= 512 tokens per micro-batch, {runs['packed'].efficiency:.0%} real "
+              f"tokens): {packed:,.0f} non-padding tokens/s")
 
-        ray = ray_tokens_per_s(model_spec, sequences, train, train.max_steps, Path(tmp) / "ray")
-        print(f"Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, padded: {ray:,.0f} tokens/s "
-              f"(plain step on the same plan: {padded:,.0f})")
-    print(f"RATIO ray_vs_plain={ray / padded:.2f} packed_vs_padded={packed / padded:.2f}")
+        # One Ray Train worker with grad_accum 2 runs exactly the plain step's plan on one core.
+        one = train.model_copy(update={"num_workers": 1, "grad_accum": 2})
+        ray_one = ray_tokens_per_s(model_spec, sequences, one, train.max_steps, Path(tmp) / "ray1")
+        ray_two = ray_tokens_per_s(model_spec, sequences, train, train.max_steps, Path(tmp) / "ray2")
+        before = statistics.median(rates["plain"])
+        # The baseline again, after: the better of the two is compared (load on the machine varies).
+        after = statistics.median(runs["plain"].run(args.steps * args.rounds))
+        plain = max(before, after)
+        print(f"plain step, padded (2 sequences per micro-batch, 2 micro-batches per step, 1 torch thread): "
+              f"{before:,.0f} tokens/s before the Ray runs, {after:,.0f} after")
+        print(f"Ray Train + DeepSpeed ZeRO-2, 1 worker x 1 CPU, same plan: {ray_one:,.0f} tokens/s")
+        print(f"Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, same plan: {ray_two:,.0f} tokens/s "
+              f"({ray_two / plain:.2f}x the plain step on one thread)")
+    print("load average at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+    print(f"RATIO ray_vs_plain={ray_one / plain:.2f} packed_vs_padded={packed / padded:.2f}")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         for index in range(state["student"], len(config["students"])):
             resume = restored if index == state["student"] and state["step"] > 0 else None
             _train_one(config, index, rank, world, Path(finished), resume, state if resume else None)
+            gc.collect()  # the finished student's engine and model
 
 
 def _train_one(config, index: int, rank: int, world: int, finished: Path, restored, state) -> None:
@@ -254,24 +255,22 @@ def _train_one(config, index: int, rank: int, world: int, finished: Path, restor
             window, window_seconds = TermMeter(), 0.0
         if done % train.checkpoint_every_steps == 0 and done < total_steps:
             tag = f"{student}-step-{done}"
-            _report(rank, {"student": index, "step": done, "tag": tag}, finished, f"checkpoint_{student}_step_{done:06d}",
-                    save=lambda directory: engine.save_checkpoint(directory, tag=tag, exclude_frozen_parameters=True))
+            _report(rank, {"student": index, "step": done, "tag": tag}, finished,
+                    f"checkpoint_{student}_step_{done:06d}", engine=engine)
             marker = config.get("crash_once_marker")
             if marker and index == len(config["students"]) - 1 and not os.path.exists(marker):
                 _crash_once(marker, rank, world, f"checkpoint_{student}_step_{done:06d}")
 
     _gather_adapter(engine, rank, train.zero_stage, finished / student)
     _report(rank, {"student": index + 1, "step": 0}, finished, f"checkpoint_{student}_done")
-    del engine, model, optimizer, scheduler
-    gc.collect()
 
 
-def _report(rank: int, state: dict[str, Any], finished: Path, name: str, save=None) -> None:
-    """Report a checkpoint: every worker's DeepSpeed shard (`save`), and from rank 0 the state and
-    the finished students' adapters. Ray merges the workers' folders into one checkpoint."""
+def _report(rank: int, state: dict[str, Any], finished: Path, name: str, engine=None) -> None:
+    """Report a checkpoint: every worker's DeepSpeed shard (with `engine`, under `state["tag"]`), and
+    from rank 0 the state and the finished students' adapters. Ray merges the workers' folders."""
     with tempfile.TemporaryDirectory(prefix="prime-ray-ckpt-") as directory:
-        if save is not None:
-            save(directory)
+        if engine is not None:
+            engine.save_checkpoint(directory, tag=state["tag"], exclude_frozen_parameters=True)
         if rank == 0:
             (Path(directory) / STATE_FILE).write_text(json.dumps(state))
             shutil.copytree(finished, Path(directory) / ADAPTERS_SUBDIR)
