@@ -90,7 +90,8 @@ def run(
         raise typer.Exit(130)
     summary = result.job_dir / "eval" / "report.md"
     if summary.exists():
-        console.print(summary.read_text(), markup=False, highlight=False)
+        # Plain print: a Markdown table must not be wrapped at the console's width.
+        print(summary.read_text(), flush=True)
     console.print(f"[green]done[/green]: artifacts in {result.uri}")
 
 
