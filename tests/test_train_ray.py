@@ -94,7 +94,7 @@ def test_zero3_run_survives_a_killed_worker_and_matches_uninterrupted_runs(ray_l
     # keeping the PRIME student it had finished.
     assert marker.read_text() == "checkpoint_fast_step_000004"
     messages = [e.message for _, e in read_events(tmp_path / "events.jsonl") if e.kind == "log"]
-    assert messages == ["fast student resumes at step 4 of 8"]
+    assert [m for m in messages if "resumes" in m] == ["fast student resumes at step 4 of 8"]
     for student in ("prime", "fast"):
         records = read_metrics(tmp_path / "metrics.jsonl", student)
         assert [r["step"] for r in records] == [2, 4, 6, 8]

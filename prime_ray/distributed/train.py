@@ -116,6 +116,7 @@ def train_students(
     resources = {"CPU": train.num_cpus_per_worker}
     if train.use_gpu:
         resources["GPU"] = 1
+    _say_if_waiting(resources, train.num_workers, progress)
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop_config,
@@ -144,6 +145,17 @@ def train_students(
             shutil.copytree(Path(directory) / ADAPTERS_SUBDIR / name, target)
             trained.append(TrainedStudent(student=name, adapter_dir=target, steps=total_steps))
     return trained
+
+
+def _say_if_waiting(resources: dict[str, float], workers: int, progress: Any) -> None:
+    """Ray Train waits for its workers' resources: say so when they are not free now (e.g. CPUs still
+    held by a Serve replica), so a run that waits is not mistaken for one that hangs."""
+    free = ray.available_resources()
+    short = {k: v * workers for k, v in resources.items() if free.get(k, 0.0) < v * workers}
+    if short and progress is not None:
+        wanted = ", ".join(f"{v:g} {k}" for k, v in short.items())
+        have = ", ".join(f"{free.get(k, 0.0):g} {k}" for k in short)
+        progress.info(f"training needs {wanted} for {workers} worker(s), {have} free now: waiting for them")
 
 
 # ---------------------------------------------------------------------------------- the worker
