@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prime_ray.data.adapters.lamp import read_lamp
@@ -11,6 +10,7 @@ from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, read_movielen
 from prime_ray.data.adapters.threads import read_threads
 from prime_ray.data.jsonl import read_jsonl
 from prime_ray.data.validation import LoadResult
+from prime_ray.paths import file_digest
 from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, ThreadsSource
 
 SOURCE_FORMS = (
@@ -76,15 +76,7 @@ def source_fingerprint(source: DataSource) -> dict[str, str]:
         files = [Path(source.path) / name for name in MOVIELENS_FILES]
     else:
         return {"movielens-100k": RECBOLE_REQUIREMENT}
-    return {str(path): _digest(path) if path.is_file() else "missing" for path in files}
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return {str(path): file_digest(path) if path.is_file() else "missing" for path in files}
 
 
 def describe_source(source: DataSource) -> str:

@@ -7,13 +7,13 @@ has none, and runs again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from prime_ray.paths import file_digest
 from prime_ray.pipeline.artifacts import MANIFEST_FILE
 from prime_ray.spec import config_hash
 
@@ -34,14 +34,6 @@ class Manifest(BaseModel):
     def digest(self) -> str:
         """What a downstream stage's input hash is built from."""
         return config_hash({"config": self.config_hash, "input": self.input_hash, "outputs": self.outputs})
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def output_digests(stage_dir: Path, outputs: tuple[str, ...]) -> dict[str, str]:
