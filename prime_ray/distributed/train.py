@@ -249,8 +249,9 @@ def _train_one(config, index: int, rank: int, world: int, finished: Path, restor
                 "step": done,
                 "epoch": plan.epoch_of(step),
                 "loss": window.loss(think_weight),
-                "direct": window.direct,
-                "think": window.think,
+                # A term without tokens in the window has no value (not 0): e.g. the fast student's think.
+                "direct": window.direct if window.direct_tokens else None,
+                "think": window.think if window.think_tokens else None,
                 "think_weight": think_weight,
                 "lr": step_lr,
                 "grad_norm": None if grad_norm is None else float(grad_norm),

@@ -22,9 +22,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> Path:
             points = sorted(
                 (r["step"], r[key])
                 for r in records
-                if r["student"] == student and r.get(key) is not None
-                # a student without think tokens (the fast one) has no think curve, not a flat zero
-                and (key != "think" or r.get("think_tokens"))
+                if r["student"] == student and r.get(key) is not None  # None: no tokens of that term
             )
             if points:
                 steps, values = zip(*points)

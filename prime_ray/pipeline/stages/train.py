@@ -95,9 +95,11 @@ class TrainStage(Stage):
             if spec.train.merge_adapter:
                 merge_adapter(spec.model, adapter_dir(ctx.out_dir, name), merged_dir(ctx.out_dir, name))
                 outputs.append(f"{name}/merged")
-            last = read_metrics(metrics_path, name)[-1]
+            records = read_metrics(metrics_path, name)
             for key in ("loss", "direct", "think", "tokens_per_s"):
-                result_metrics[f"{name}_{key}"] = round(last[key], 4)
+                # the last value logged (a window without think sequences logs none)
+                last = next((r[key] for r in reversed(records) if r.get(key) is not None), None)
+                result_metrics[f"{name}_{key}"] = None if last is None else round(last, 4)
         result_metrics["seconds_training"] = seconds_training
         plot_curves(read_metrics(metrics_path), ctx.out_dir / CURVES_FILE)
         # The outputs depend on the spec (fast student, merged models): the manifest hashes these.
