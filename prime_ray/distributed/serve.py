@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict
@@ -77,7 +77,10 @@ class Generalist:
         for method in (self.generate, self.score):
             method.set_max_batch_size(max_batch_size)
             method.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.batch_sizes: list[int] = []  # engine batch sizes served, for the benchmark and tests
+        # One engine call at a time: a generate batch and a score batch must not share the model's
+        # threads (or GPU memory) at once.
+        self._engine_lock = asyncio.Lock()
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # engine batch sizes served (benchmark, tests)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def generate(self, prompts: list[str], params: list[SamplingParams]) -> list[Generation]:
@@ -86,14 +89,16 @@ class Generalist:
             self.batch_sizes.append(len(idx))
             # The engine blocks; a worker thread keeps the replica's event loop (health checks, the
             # next batch's queue) responsive meanwhile.
-            done = await asyncio.to_thread(self.engine.generate, [prompts[i] for i in idx], p)
+            async with self._engine_lock:
+                done = await asyncio.to_thread(self.engine.generate, [prompts[i] for i in idx], p)
             for i, g in zip(idx, done):
                 out[i] = g
         return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
-        return await asyncio.to_thread(self.engine.score, prompts, continuations)
+        async with self._engine_lock:
+            return await asyncio.to_thread(self.engine.score, prompts, continuations)
 
     def served_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
