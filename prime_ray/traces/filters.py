@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from prime_ray.evaluation import metrics
+from prime_ray.evaluation.metrics import words
 from prime_ray.spec import TaskSpec, TraceFilters
 
 FILTERS = ("parsed", "answer_match", "leaked_hint", "repetition", "length", "gain")
@@ -34,21 +36,16 @@ _LEAK_PATTERNS = [
     r"\b(expected|target|gold|real|actual|true)\s+(answer|rating|label|output)\b",
 ]
 _LEAK_RE = re.compile("|".join(_LEAK_PATTERNS), re.IGNORECASE)
-_WORD_RE = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
 
 
-def words(text: str) -> list[str]:
-    return _WORD_RE.findall(text.lower())
-
-
 def repetition_rate(text: str, n: int = 3) -> float:
-    """Share of word n-grams that repeat an earlier one: 0 for fresh text, near 1 for a loop."""
-    tokens = words(text)
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
+    """Share of word n-grams that repeat an earlier one: 0 for fresh text (or too short), near 1 for a loop.
+
+    The same measure the evaluation reports, so a trace kept here scores the same there.
+    """
+    rate = metrics.repetition_rate(text, n)
+    return 0.0 if rate is None else rate
 
 
 def mentions_hint(trace: str) -> bool:
