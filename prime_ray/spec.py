@@ -405,10 +405,6 @@ class JobSpec(_Strict):
             raise ValueError(f"data.task.kind: threads data needs kind 'ranking', got '{task.kind}'")
         return self
 
-    def section_hash(self, *sections: str) -> str:
-        """A stable hash of the named top-level sections (what a stage depends on)."""
-        return config_hash({s: self.model_dump(mode="json", by_alias=True)[s] for s in sections})
-
 
 # ----------------------------------------------------------------------------------- loading
 
