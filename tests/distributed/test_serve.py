@@ -12,7 +12,7 @@ from prime_ray.distributed.serve import GeneralistAppArgs, app_builder
 from prime_ray.engine.base import SamplingParams
 from prime_ray.spec import parse_spec
 
-CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "serve" / "generalist.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "generalist.yaml"
 
 
 def test_serve_config_is_valid_for_ray_serve_and_for_the_app():

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 PROVIDERS = {"aws": "aws", "gcp": "gcp", "local": "local"}
 SCRIPTS = sorted(CLUSTER.glob("*.sh"))

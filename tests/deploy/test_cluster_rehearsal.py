@@ -27,7 +27,7 @@ import yaml
 from prime_ray.client import JobFailed, PrimeClient
 from prime_ray.service.local import LocalRay, free_port, stop_ray_head
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # where `ray` and `prime-ray` are, as install.sh's PATH line
 LOOPBACK = "127.0.0.2"  # Ray maps 127.0.0.1 to the machine's address; the rest of 127/8 it takes as given
 

@@ -18,7 +18,7 @@ from prime_ray.pipeline.runner import run_job
 from prime_ray.spec import EvalMode, parse_spec
 from prime_ray.training.artifacts import adapter_dir
 
-FIXTURE = Path(__file__).parent / "fixtures" / "e2e" / "users.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "e2e" / "users.jsonl"
 STAGES = ["ingest", "memory", "traces", "train", "eval"]
 
 

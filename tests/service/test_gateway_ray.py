@@ -26,7 +26,7 @@ from prime_ray.service.local import stop_process_group, wait_for_http
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
-FIXTURE = Path(__file__).parent / "fixtures" / "service" / "users.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "service" / "users.jsonl"
 
 
 def _spec(data: Path, name: str = "tiny") -> dict:

@@ -29,11 +29,11 @@ import yaml
 from prime_ray.service.settings import GatewaySettings
 from prime_ray.spec import parse_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBERAY = DEPLOY / "kuberay"
 SERVE_CONFIG = DEPLOY / "serve" / "generalist.yaml"
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
+CRDS = Path(__file__).resolve().parents[3] / "shared" / "kuberay-crds"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
 CORE_KINDS = {"Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1", "ConfigMap": "v1",

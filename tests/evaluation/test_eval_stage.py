@@ -10,7 +10,7 @@ from prime_ray.engine.base import Generation
 from prime_ray.pipeline.stages.eval import MODES, _AnswerUser, _Generated, _outcome, _select, plan_modes
 from prime_ray.spec import EvalMode, PromptMode, RankingTask, RatingTask, load_spec, parse_spec
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _example(i: int, split: str, output: str = "4", candidates=None) -> Example:

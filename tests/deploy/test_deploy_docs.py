@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prime_ray.service.settings import FORWARDED_ENV, GatewaySettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 DEPLOY_FILES = [p for p in sorted([*ROOT.joinpath("cluster").rglob("*"), *ROOT.joinpath("deploy").rglob("*")])
                 if p.is_file()]
