@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from prime_ray.data.schema import Example
 from prime_ray.engine.base import SamplingParams
 from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
@@ -44,20 +46,37 @@ class Generated:
     completion_tokens: int
     finish_reason: str
     scores: list[float] | None  # ranking: log-likelihood of answering each candidate after the trace
+    user_id: str = ""
+    mode: str = ""  # the EvalMode value the prompt was rendered for
+
+
+class AnswerConfig(BaseModel):
+    """How AnswerUser decodes: the task (ranking scores candidates) and the eval's sampling params."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: TaskSpec = Field(description="The job's task.")
+    max_new_tokens: int = Field(description="eval.max_new_tokens.")
+    temperature: float = Field(0.0, description="eval.temperature (0: greedy).")
+    seed: int | None = Field(None, description="The job's seed.")
 
 
 class AnswerUser:
-    """A Ray Data worker's function: one user's prompts through the Serve app, and candidate scores.
+    """A worker (`distributed.batch.UserWorker`): users' prompt rows through the generalist, and candidate scores.
 
     For ranking tasks the answer is parsed here, so the candidates can be scored as continuations of
     the model's own reasoning (`completion_text(candidate, trace)`): the trace is the same for every
     candidate, so the scores rank the answers given that reasoning.
     """
 
-    def __init__(self, generalist, params: dict[str, Any], task: TaskSpec):
+    config_type = AnswerConfig
+    required_keys = ("example_id", "prompt")
+
+    def __init__(self, generalist, config: AnswerConfig):
         self.generalist = generalist
-        self.params = SamplingParams(**params)
-        self.task = task
+        self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                     seed=config.seed)
+        self.task = config.task
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         generations = self.generalist.generate([r["prompt"] for r in rows], self.params)
@@ -71,7 +90,8 @@ class AnswerUser:
                         [row["prompt"]] * len(row["candidates"]),
                         [completion_text(c, parsed.trace) for c in row["candidates"]],
                     )
-            out.append({"example_id": row["example_id"], "text": gen.text,
+            out.append({"user_id": row["user_id"], "mode": row.get("mode", ""),
+                        "example_id": row["example_id"], "text": gen.text,
                         "completion_tokens": gen.completion_tokens, "finish_reason": gen.finish_reason,
                         "scores": scores})
         return out

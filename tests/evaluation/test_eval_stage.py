@@ -7,7 +7,7 @@ import pytest
 
 from prime_ray.data.schema import Example
 from prime_ray.engine.base import Generation
-from prime_ray.evaluation.answering import MODES, AnswerUser, Generated, answer_outcome, plan_modes, select_examples
+from prime_ray.evaluation.answering import MODES, AnswerConfig, AnswerUser, Generated, answer_outcome, plan_modes, select_examples
 from prime_ray.spec import EvalMode, PromptMode, RankingTask, RatingTask, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -79,15 +79,15 @@ def test_ranking_scores_candidates_after_the_models_own_trace():
     candidates = ["keep calm", "go home", "stay late"]
     fake = _FakeGeneralist("<think>\nshe leaves early\n</think>\nAnswer: go home",
                            {"keep calm": -1.0, "go home": -2.0, "stay late": -0.5})
-    worker = AnswerUser(fake, {"max_new_tokens": 8}, task)
-    [row] = worker([{"example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
+    worker = AnswerUser(fake, AnswerConfig(task=task, max_new_tokens=8))
+    [row] = worker([{"user_id": "u0", "example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
     assert fake.scored[0].startswith("<think>\nshe leaves early\n</think>")
     gen = Generated(**row)
     # parsed "go home" is rank 1, then by score: "stay late" (-0.5), "keep calm" (-1.0)
     outcome, _ = answer_outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think, gen, task)
     assert outcome.gold_rank == 3
-    unparsed = AnswerUser(_FakeGeneralist("no idea", {}), {"max_new_tokens": 8}, task)
-    [row] = unparsed([{"example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
+    unparsed = AnswerUser(_FakeGeneralist("no idea", {}), AnswerConfig(task=task, max_new_tokens=8))
+    [row] = unparsed([{"user_id": "u0", "example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
     assert row["scores"] is None
     assert answer_outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think,
                     Generated(**row), task)[0].gold_rank is None

@@ -4,8 +4,8 @@
     fast        G + adapter train/fast   direct · think          (only when the λ = 0 student was trained)
     prime       G + adapter train/prime  direct · personal-think
 
-Per model, one Serve app runs G (with the student's adapter) and Ray Data sends each user's prompts
-to it; the app is stopped before the next model starts, so only one model holds the CPUs/GPUs at a
+Per model, one Serve app runs G (with the student's adapter) and Ray Data workers send it every
+mode's prompts of several users at once (`GeneralistMap`); the app is stopped before the next model starts, so only one model holds the CPUs/GPUs at a
 time. Decoding is greedy by default (`eval.temperature`), so a mode's answers are reproducible.
 Each split (`test_query`: held-out queries of training users; `test_user`: held-out users) is scored
 per mode: task metrics and thinking health with bootstrap intervals (prime_ray.evaluation).
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 from prime_ray.data.schema import Example
 from prime_ray.data.store import read_examples
 from prime_ray.evaluation.answering import (
     MODES,
+    AnswerConfig,
     AnswerUser,
     Generated,
     plan_modes,
@@ -58,8 +60,6 @@ class EvalStage(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageResult:
-        from prime_ray.distributed.serve import app_name, generalist  # Ray only where a stage runs
-
         spec, task = ctx.spec, ctx.spec.data.task
         examples = read_examples(ctx.inputs["ingest"] / "examples.parquet")
         by_split = select_examples(examples, spec.eval.splits, spec.eval.max_examples, spec.seed)
@@ -80,19 +80,20 @@ class EvalStage(Stage):
         samples: list[dict] = []
         with (ctx.out_dir / PREDICTIONS_FILE).open("w") as predictions:
             for student in dict.fromkeys(MODES[m][0] for m in modes):  # each model once, in mode order
-                app = app_name(spec.name, f"eval-{student or 'base'}")
-                with generalist(spec, app_name=app, adapter_path=str(adapters[student]) if student else None):
-                    for mode in (m for m in modes if MODES[m][0] == student):
-                        generated = self._generate(ctx, app, mode, evaluated, memory, tokenizer, progress)
-                        for split in spec.eval.splits:
-                            records = [prediction_record(mode, split, e, generated[e.example_id], task) for e in by_split[split]]
-                            for record, _ in records:
-                                predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
-                            samples += [record for record, _ in records[: spec.eval.sample_traces_per_mode]]
-                            result = summarize_mode(task, mode.value, split, [o for _, o in records],
-                                                    n_resamples=spec.eval.bootstrap_samples, seed=spec.seed)
-                            results.append(result)
-                            ctx.progress.info(_summary_line(result, task))
+                student_modes = [m for m in modes if MODES[m][0] == student]
+                generated = self._generate(ctx, student, student_modes, evaluated, memory, tokenizer, progress,
+                                           adapters[student] if student else None)
+                for mode in student_modes:
+                    for split in spec.eval.splits:
+                        records = [prediction_record(mode, split, e, generated[mode.value, e.example_id], task)
+                                   for e in by_split[split]]
+                        for record, _ in records:
+                            predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        samples += [record for record, _ in records[: spec.eval.sample_traces_per_mode]]
+                        result = summarize_mode(task, mode.value, split, [o for _, o in records],
+                                                n_resamples=spec.eval.bootstrap_samples, seed=spec.seed)
+                        results.append(result)
+                        ctx.progress.info(_summary_line(result, task))
         shutil.rmtree(ctx.out_dir / "parts", ignore_errors=True)  # predictions.jsonl holds all of it now
 
         report = Report(
@@ -118,24 +119,29 @@ class EvalStage(Stage):
         )
 
     @staticmethod
-    def _generate(ctx: StageContext, app: str, mode: EvalMode, examples: list[Example],
-                  memory: dict[str, ExampleMemory], tokenizer, progress: "_Progress") -> dict[str, Generated]:
-        """Every example's output in `mode`, through Ray Data workers calling the Serve app `app`.
+    def _generate(ctx: StageContext, student: str | None, modes: list[EvalMode], examples: list[Example],
+                  memory: dict[str, ExampleMemory], tokenizer, progress: "_Progress",
+                  adapter: Path | None) -> dict[tuple[str, str], Generated]:
+        """(mode, example_id) -> output, for every example in every mode of one model (G, or G + the
+        student's adapter): one Serve app, and all the modes' prompts of a user in one worker call.
 
-        Finished users are kept under parts/<mode>/, so a re-run after a crash redoes only the rest.
+        Finished users are kept under parts/<model>/, so a re-run after a crash redoes only the rest.
         """
-        from prime_ray.distributed.batch import map_user_shards
+        from prime_ray.distributed.batch import GeneralistMap, UsersFailed
+        from prime_ray.distributed.serve import app_name
 
-        spec = ctx.spec
-        rows = [prompt_row(tokenizer, spec, e, MODES[mode][1], memory) for e in examples]
-        params = {"max_new_tokens": spec.eval.max_new_tokens, "temperature": spec.eval.temperature, "seed": spec.seed}
-        out = map_user_shards(
-            rows, AnswerUser, {"params": params, "task": spec.data.task},
-            concurrency=spec.generalist.max_concurrency, app_name=app,
-            parts_dir=ctx.out_dir / "parts" / mode.value,
-            on_shard_done=lambda user_id, result, *_: progress.advance(len(result), mode.value),
-        )
-        return {g["example_id"]: Generated(**g) for g in out}
+        spec, model = ctx.spec, student or "base"
+        rows = [{**prompt_row(tokenizer, spec, e, MODES[mode][1], memory), "mode": mode.value}
+                for e in examples for mode in modes]  # a user's rows stay together
+        config = AnswerConfig(task=spec.data.task, max_new_tokens=spec.eval.max_new_tokens,
+                              temperature=spec.eval.temperature, seed=spec.seed)
+        with GeneralistMap(spec, app_name=app_name(spec.name, f"eval-{model}"),
+                           adapter_path=str(adapter) if adapter else None) as g:
+            result = g.map_users(rows, AnswerUser, config, parts_dir=ctx.out_dir / "parts" / model,
+                                 on_user_done=lambda user_id, out, *_: progress.advance(len(out), model))
+        if result.failures:
+            raise UsersFailed(result.failures)  # a report missing some users' answers would be biased
+        return {(r["mode"], r["example_id"]): Generated(**r) for r in result.rows}
 
 
 class _Progress:
@@ -145,9 +151,9 @@ class _Progress:
         self.ctx, self.total, self.done = ctx, total, 0
         ctx.progress.update(0, total)
 
-    def advance(self, n: int, mode: str) -> None:
+    def advance(self, n: int, model: str) -> None:
         self.done += n
-        self.ctx.progress.update(self.done, self.total, mode=mode)
+        self.ctx.progress.update(self.done, self.total, model=model)
 
 
 def _summary_line(result: ModeResult, task: TaskSpec) -> str:
