@@ -219,8 +219,27 @@ class GeneralistSpec(_Strict):
     num_gpus_per_replica: float = Field(0.0, ge=0)
     max_batch_size: int = Field(16, gt=0, description="`@serve.batch` max batch size.")
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="`@serve.batch` wait for a fuller batch.")
-    max_concurrency: int = Field(2, gt=0, description="Ray Data actors calling the deployment at once.")
-    rows_per_call: int = Field(8, gt=0, description="Examples a Ray Data batch sends per call.")
+    max_concurrency: int = Field(
+        2, gt=0, description="Ray Data workers calling the deployment at once (0.1 CPU each: they wait on it)."
+    )
+    rows_per_call: int | None = Field(
+        None,
+        gt=0,
+        description="Rows (examples) one Ray Data worker call holds in flight: whole users are packed into a "
+        "call up to this many, and each step of the work is sent for all of them at once. None: "
+        "max_batch_size × replicas, so one worker's step alone fills every replica's batch.",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch threads of each replica on CPU. None: the embedded Ray's CPUs (resources.num_cpus, "
+        "else the machine's) shared among the replicas, at least ceil(num_cpus_per_replica): the Ray Data "
+        "workers only wait on the replicas, so the cores they reserve would idle otherwise.",
+    )
+
+    @property
+    def resolved_rows_per_call(self) -> int:
+        return self.rows_per_call or self.max_batch_size * self.replicas
 
 
 # -------------------------------------------------------------------------------------- traces

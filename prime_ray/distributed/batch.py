@@ -1,45 +1,109 @@
-"""Ray Data over user shards: one record per user, a pool of workers that call the Serve deployment.
+"""Per-user work against the generalist on Serve, through Ray Data: the memory, traces and eval stages.
 
-    map_user_shards(rows, fn_cls, fn_kwargs, concurrency=2, parts_dir=out_dir / "parts")
+    with GeneralistMap(spec, app_name=app_name(spec.name, "traces")) as g:   # Serve app up ... deleted
+        result = g.map_users(rows, TraceSynthesizer, SynthesisConfig(...),
+                             parts_dir=out_dir / "parts", on_user_done=callback)
+    result.rows, result.failures, result.resumed
 
-- The rows of one user stay together: the dataset has one record per user (its rows as JSON), so a
-  worker always sees a user's examples at once and can send them to the deployment together.
-- `map_batches` runs a callable class in `concurrency` actors with a small CPU share each, so they do
-  not take the CPUs the model replicas need; each builds `fn_cls(generalist=<handle>, **fn_kwargs)`
-  once and calls it with one user's rows at a time (`fn(rows) -> result rows`).
-- Row-level resume: the driver streams results as users finish and writes each user's result rows to
-  `parts_dir/<user>.jsonl` at once (atomically). A re-run after a crash reads the parts it finds and
-  sends only the other users to the workers.
+- **The worker contract** (`UserWorker`): a class with `config_type` (a pydantic model: the one way
+  configuration reaches workers, pickled as it is), `required_keys` (keys every input row must have
+  besides `user_id`), a constructor `(generalist, config)` and `__call__(rows) -> rows`. A call gets the
+  rows of *several* users, each user's rows together, and returns result rows that each carry the
+  `user_id` of the user they belong to. `check_worker` verifies the class, the config and every row
+  before anything starts, and each call's output is checked too; breaches raise `WorkerContractError`.
+- **A full batch**: Ray Data runs `generalist.max_concurrency` workers (0.1 CPU each: they only wait on
+  the replicas). Users are packed whole into calls of about `rows_per_call` rows, so a worker issues each
+  step of its work (a synthesis step, an eval mode) for all its users at once: with the defaults one
+  worker's step alone fills the replicas' `@serve.batch`, and the other worker's step is queued behind
+  it, so the replica never waits on a worker.
+- **Nothing lost**: each finished user's rows are written at once to `parts_dir/<user>.jsonl`
+  (atomically); a re-run reads the parts and sends only the other users, so a crash redoes only the
+  users that were in flight. A call that raises is retried user by user: a user that still fails is
+  recorded in `result.failures` (and `parts_dir/failures.jsonl`) and the others go on.
+- **Teardown**: the Serve app is deleted and the Data execution stopped on any exit of the `with`
+  block or of `map_users`, KeyboardInterrupt included.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import logging
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import ray
+from pydantic import BaseModel
 
-from prime_ray.distributed.serve import GeneralistHandle
+from prime_ray.distributed.serve import GeneralistHandle, start_generalist, stop_generalist
+from prime_ray.spec import JobSpec
 
-# on_shard_done(user_id, result_rows, users_done, users_total)
-ShardCallback = Callable[[str, list[dict], int, int], None]
+logger = logging.getLogger(__name__)
+
+FAILURES_FILE = "failures.jsonl"
+
+# on_user_done(user_id, result_rows, users_done, users_total)
+UserCallback = Callable[[str, list[dict], int, int], None]
 
 
-class _ShardWorker:
-    """The callable class of `map_batches`: one user's rows in, that user's result rows out."""
+class WorkerContractError(TypeError):
+    """A worker class, its config or its rows do not follow the `UserWorker` contract."""
 
-    def __init__(self, fn_cls: type, fn_kwargs: dict[str, Any], app_name: str):
-        self.fn = fn_cls(generalist=GeneralistHandle.connect(app_name), **fn_kwargs)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        users, results = [], []
-        for user_id, blob in zip(batch["user_id"], batch["rows"]):
-            users.append(str(user_id))
-            results.append(json.dumps(self.fn(json.loads(blob))))
-        return {"user_id": users, "rows": results}
+class UserWorker(Protocol):
+    """What `GeneralistMap.map_users` runs on each Ray Data worker.
+
+    - `config_type`: the pydantic model of the worker's configuration.
+    - `required_keys`: keys every input row has besides `user_id` (checked before the run).
+    - `__init__(generalist, config)`: `generalist` has `generate(prompts, SamplingParams) ->
+      list[Generation]` and `score(prompts, continuations) -> list[float]` (the Serve app's handle, or
+      an engine in tests); `config` is an instance of `config_type`.
+    - `__call__(rows)`: rows of one or more users (JSON-able dicts, each user's rows together) ->
+      result rows (JSON-able dicts), each with the `user_id` of its user. Raising fails every user of
+      the call; they are then retried one by one.
+    """
+
+    config_type: ClassVar[type[BaseModel]]
+    required_keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, generalist: Any, config: Any) -> None: ...
+
+    def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+def check_worker(worker_cls: Any, config: Any, rows: Sequence[Any] = ()) -> None:
+    """Raise `WorkerContractError` naming what `worker_cls`, `config` or a row lacks."""
+    name = getattr(worker_cls, "__qualname__", repr(worker_cls))
+    if not isinstance(worker_cls, type) or not callable(getattr(worker_cls, "__call__", None)):
+        raise WorkerContractError(f"{name}: a worker must be a class with __call__(rows) -> rows")
+    config_type = getattr(worker_cls, "config_type", None)
+    if not (isinstance(config_type, type) and issubclass(config_type, BaseModel)):
+        raise WorkerContractError(f"{name}.config_type must be a pydantic model class, got {config_type!r}")
+    if not isinstance(config, config_type):
+        raise WorkerContractError(f"{name} takes a {config_type.__name__} config, got {type(config).__name__}")
+    keys = getattr(worker_cls, "required_keys", None)
+    if not (isinstance(keys, tuple) and all(isinstance(k, str) for k in keys)):
+        raise WorkerContractError(f"{name}.required_keys must be a tuple of row keys, got {keys!r}")
+    try:
+        inspect.signature(worker_cls).bind(None, config)
+    except TypeError as e:
+        raise WorkerContractError(f"{name}(generalist, config) cannot be called: {e}") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise WorkerContractError(f"{name}: row {i} is a {type(row).__name__}, not a dict")
+        missing = [k for k in ("user_id", *keys) if k not in row]
+        if missing:
+            raise WorkerContractError(
+                f"{name}: row {i} (user {row.get('user_id')!r}) lacks {', '.join(map(repr, missing))}; "
+                f"every row needs 'user_id' and {', '.join(map(repr, keys)) or 'nothing else'}"
+            )
+
+
+# ------------------------------------------------------------------------------------ part files
 
 
 def part_path(parts_dir: Path, user_id: str) -> Path:
@@ -60,63 +124,177 @@ def read_part(path: Path) -> list[dict]:
     return [json.loads(line)["row"] for line in path.read_text().splitlines() if line]
 
 
-def _group_by_user(rows: list[dict]) -> dict[str, list[dict]]:
+def _group_by_user(rows: Sequence[dict]) -> dict[str, list[dict]]:
     users: dict[str, list[dict]] = {}
-    for i, row in enumerate(rows):
-        if "user_id" not in row:
-            raise KeyError(f"row {i} has no 'user_id'")
+    for row in rows:
         users.setdefault(str(row["user_id"]), []).append(row)
     return users
 
 
-def map_user_shards(
-    rows: list[dict],
-    fn_cls: type,
-    fn_kwargs: dict[str, Any],
-    concurrency: int,
-    batch_size: int = 1,
-    *,
-    app_name: str = "generalist",
-    parts_dir: Path | None = None,
-    on_shard_done: ShardCallback | None = None,
-    num_cpus: float = 0.1,
-) -> list[dict]:
-    """Run `fn_cls` over the users of `rows` (JSON-able dicts with a `user_id`) on Ray Data workers.
+# --------------------------------------------------------------------------------- Data workers
 
-    `batch_size` is users per worker call. With `parts_dir`, finished users are persisted as they come
-    and skipped on a re-run. Returns every user's result rows, in the order the users first appear.
+
+class _UserBatchWorker:
+    """The callable class of `map_batches`: a batch of users in, each user's result rows (or error) out."""
+
+    def __init__(self, worker_cls: type, config: BaseModel, app_name: str):
+        self.worker_cls = worker_cls
+        self.worker = worker_cls(GeneralistHandle.connect(app_name), config)
+
+    def _run(self, users: list[str], rows: list[dict]) -> dict[str, list[dict]]:
+        out = self.worker(rows)
+        results: dict[str, list[dict]] = {u: [] for u in users}
+        for i, row in enumerate(out):
+            user = str(row.get("user_id")) if isinstance(row, dict) else None
+            if user not in results:
+                raise WorkerContractError(
+                    f"{self.worker_cls.__qualname__} returned row {i} with user_id {user!r}, not one of the "
+                    f"users it was given ({', '.join(users[:5])}{', ...' if len(users) > 5 else ''})"
+                )
+            results[user].append(row)
+        return results
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        users = [str(u) for u in batch["user_id"]]
+        rows = {u: json.loads(blob) for u, blob in zip(users, batch["rows"])}
+        try:
+            results = self._run(users, [r for u in users for r in rows[u]])
+            errors = {u: "" for u in users}
+        except WorkerContractError:
+            raise  # a bug in the worker, not in a user's data: stop the run
+        except Exception:  # noqa: BLE001 - retried user by user below, so one bad user fails alone
+            logger.warning("a call for %d users failed; retrying them one by one", len(users), exc_info=True)
+            results, errors = {}, {}
+            for u in users:
+                try:
+                    results[u], errors[u] = self._run([u], rows[u])[u], ""
+                except WorkerContractError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - recorded as the user's failure
+                    results[u], errors[u] = [], f"{type(e).__name__}: {e}"
+        return {"user_id": users, "rows": [json.dumps(results[u]) for u in users], "error": [errors[u] for u in users]}
+
+
+# -------------------------------------------------------------------------------------- the map
+
+
+@dataclass
+class UserMapResult:
+    rows: list[dict]  # every finished user's result rows, users in the order they first appear
+    failures: dict[str, str] = field(default_factory=dict)  # user_id -> error, users that failed alone
+    resumed: int = 0  # users read back from parts written by an earlier run
+
+
+def users_per_call(rows_per_user: float, rows_per_call: int) -> int:
+    """Whole users per worker call so that a call holds about `rows_per_call` rows (at least one user)."""
+    return max(1, math.floor(rows_per_call / max(rows_per_user, 1.0)))
+
+
+class GeneralistMap:
+    """The generalist (optionally with a student's adapter) on Serve, and Ray Data workers driving it.
+
+    A context manager: entering deploys the Serve app `app_name` (see `start_generalist`), leaving
+    deletes it, however the block is left.
     """
-    users = _group_by_user(rows)
-    results: dict[str, list[dict]] = {}
-    if parts_dir is not None:
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        for user_id in users:
-            path = part_path(parts_dir, user_id)
-            if path.exists():
-                results[user_id] = read_part(path)
-    todo = [u for u in users if u not in results]
-    total = len(users)
 
-    if todo:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    def __init__(self, spec: JobSpec, *, app_name: str, adapter_path: str | None = None):
+        self.spec, self.app_name, self.adapter_path = spec, app_name, adapter_path
+        self.handle: GeneralistHandle | None = None
+
+    def __enter__(self) -> "GeneralistMap":
+        try:
+            self.handle = start_generalist(self.spec, app_name=self.app_name, adapter_path=self.adapter_path)
+        except BaseException:
+            stop_generalist(self.app_name)  # a half-deployed app must not keep its CPUs
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle = None
+        stop_generalist(self.app_name)
+
+    def map_users(
+        self,
+        rows: Sequence[dict],
+        worker_cls: type,
+        config: BaseModel,
+        *,
+        parts_dir: Path | None = None,
+        on_user_done: UserCallback | None = None,
+    ) -> UserMapResult:
+        """Run `worker_cls` over the users of `rows` on Ray Data workers calling this app.
+
+        With `parts_dir`, finished users are persisted as they come and read back (not redone) on a
+        re-run. Raises `WorkerContractError` before starting if the worker, config or rows break the
+        contract.
+        """
+        if self.handle is None:
+            raise RuntimeError("GeneralistMap.map_users runs inside `with GeneralistMap(...)`")
+        check_worker(worker_cls, config, rows)
+        users = _group_by_user(rows)
+        result = UserMapResult(rows=[])
+        done: dict[str, list[dict]] = {}
+        if parts_dir is not None:
+            parts_dir.mkdir(parents=True, exist_ok=True)
+            (parts_dir / FAILURES_FILE).unlink(missing_ok=True)  # failed users are retried
+            for user_id in users:
+                path = part_path(parts_dir, user_id)
+                if path.exists():
+                    done[user_id] = read_part(path)
+        result.resumed = len(done)
+        todo = [u for u in users if u not in done]
+        if todo:
+            self._run(users, todo, worker_cls, config, parts_dir, done, result.failures, on_user_done)
+        result.rows = [row for u in users if u in done for row in done[u]]
+        return result
+
+    def _run(self, users, todo, worker_cls, config, parts_dir, done, failures, on_user_done) -> None:
+        g = self.spec.generalist
+        per_call = users_per_call(sum(len(users[u]) for u in todo) / len(todo), g.resolved_rows_per_call)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
         dataset = ray.data.from_items(
             [{"user_id": u, "rows": json.dumps(users[u])} for u in todo],
-            override_num_blocks=len(todo),  # one block per user: workers take users one by one
+            # one block per worker call: a call's users arrive together, and finish together
+            override_num_blocks=math.ceil(len(todo) / per_call),
         )
+        workers = max(1, min(g.max_concurrency, math.ceil(len(todo) / per_call)))
         mapped = dataset.map_batches(
-            _ShardWorker,
-            fn_constructor_kwargs={"fn_cls": fn_cls, "fn_kwargs": fn_kwargs, "app_name": app_name},
-            batch_size=batch_size,
+            _UserBatchWorker,
+            fn_constructor_kwargs={"worker_cls": worker_cls, "config": config, "app_name": self.app_name},
+            batch_size=per_call,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(concurrency, len(todo)))),
-            num_cpus=num_cpus,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=0.1,  # the workers only wait on the replicas: the CPUs are the model's
         )
-        for record in mapped.iter_rows():  # streams: each user as soon as a worker finishes it
-            user_id = str(record["user_id"])
-            result = json.loads(record["rows"])
-            if parts_dir is not None:
-                write_part(parts_dir, user_id, result)
-            results[user_id] = result
-            if on_shard_done is not None:
-                on_shard_done(user_id, result, len(results), total)
-    return [row for user_id in users for row in results[user_id]]
+        records = iter(mapped.iter_rows())  # streams: each call's users as soon as a worker finishes them
+        try:
+            for record in records:
+                user_id = str(record["user_id"])
+                if record["error"]:
+                    failures[user_id] = str(record["error"])
+                    if parts_dir is not None:
+                        with (parts_dir / FAILURES_FILE).open("a") as f:
+                            f.write(json.dumps({"user_id": user_id, "error": failures[user_id]}) + "\n")
+                    logger.warning("user %s failed: %s", user_id, failures[user_id])
+                    continue
+                rows_out = json.loads(record["rows"])
+                if parts_dir is not None:
+                    write_part(parts_dir, user_id, rows_out)
+                done[user_id] = rows_out
+                if on_user_done is not None:
+                    on_user_done(user_id, rows_out, len(done), len(users))
+        finally:
+            # Leaving early (an error, Ctrl-C): stop the streaming execution and its actors now.
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+
+
+class UsersFailed(RuntimeError):
+    """Some users failed alone (the others are done and persisted); a re-run retries only them."""
+
+    def __init__(self, failures: dict[str, str]):
+        self.failures = failures
+        shown = "; ".join(f"{u}: {e}" for u, e in list(failures.items())[:5])
+        super().__init__(f"{len(failures)} user(s) failed ({shown}{'; ...' if len(failures) > 5 else ''})")

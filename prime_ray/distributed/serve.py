@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from collections import defaultdict, deque
 from typing import Any, Iterator
 
@@ -130,8 +131,13 @@ def generalist_app(
     *,
     adapter_path: str | None = None,
     device: str = "auto",
+    cpu_threads: int | None = None,
 ):
-    """The bound Serve application: replicas and their resources from the spec's `generalist`."""
+    """The bound Serve application: replicas and their resources from the spec's `generalist`.
+
+    `cpu_threads`: torch threads per replica (default `generalist.cpu_threads`, else
+    ceil(num_cpus_per_replica)).
+    """
     return Generalist.options(
         num_replicas=generalist.replicas,
         # Requests wait in the replica's batch queue: let enough in for full batches of both methods.
@@ -147,7 +153,7 @@ def generalist_app(
         generalist.batch_wait_timeout_s,
         adapter_path,
         device,
-        max(1, math.ceil(generalist.num_cpus_per_replica)),
+        cpu_threads or generalist.cpu_threads or max(1, math.ceil(generalist.num_cpus_per_replica)),
     )
 
 
@@ -199,6 +205,19 @@ class GeneralistHandle:
         return self._handle.served_batch_sizes.remote().result()
 
 
+def replica_threads(spec: JobSpec) -> int:
+    """torch threads per replica: `generalist.cpu_threads`, else on an embedded Ray its CPUs shared among
+    the replicas (the Ray Data workers calling them only wait), at least ceil(num_cpus_per_replica)."""
+    g = spec.generalist
+    reserved = max(1, math.ceil(g.num_cpus_per_replica))
+    if g.cpu_threads:
+        return g.cpu_threads
+    if spec.resources.ray_address is not None:
+        return reserved  # a cluster's nodes are shared with other work: keep to the reservation
+    cpus = spec.resources.num_cpus or len(os.sched_getaffinity(0))
+    return max(reserved, cpus // g.replicas)
+
+
 def start_generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_path: str | None = None) -> GeneralistHandle:
     """Deploy G (or G + an adapter) as the Serve app `app_name` and wait until it is running.
 
@@ -206,7 +225,7 @@ def start_generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_pat
     jobs on one machine must not fight over a port.
     """
     serve.start(proxy_location="Disabled")
-    app = generalist_app(spec.model, spec.generalist, adapter_path=adapter_path)
+    app = generalist_app(spec.model, spec.generalist, adapter_path=adapter_path, cpu_threads=replica_threads(spec))
     # No access log line per request: a trace run sends thousands.
     handle = serve.run(app, name=app_name, route_prefix=None, blocking=False,
                        logging_config={"enable_access_log": False})

@@ -7,12 +7,14 @@ are cached per user in the memory table (every example of a user shares it).
 from __future__ import annotations
 
 import re
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from prime_ray.data.schema import Item, UserRecord
 from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.models.prompts import render_profile_prompt
-from prime_ray.spec import MemorySpec, PromptTemplates
+from prime_ray.spec import MemorySpec, ModelSpec, PromptTemplates
 
 
 class Generalist(Protocol):
@@ -65,3 +67,36 @@ def write_profiles(
     prompts = [profile_prompt(tokenizer, u, templates, memory) for u in with_history]
     generations = generalist.generate(prompts, profile_params(memory, seed)) if prompts else []
     return {u.user_id: clean_profile(g.text) for u, g in zip(with_history, generations)}, generations
+
+
+class ProfileConfig(BaseModel):
+    """What a profile writer needs from the job's spec."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model: ModelSpec = Field(description="The generalist (its tokenizer renders the prompts).")
+    prompts: PromptTemplates = Field(description="The prompt templates (the profile prompt's system line).")
+    memory: MemorySpec = Field(description="Profile length and the history items shown.")
+    seed: int = Field(description="The job's seed (profiles are greedy; the seed is kept on the request).")
+
+
+class ProfileWriter:
+    """A worker: rows `{"user_id", "user": UserRecord dict}` -> `{"user_id", "profile", "completion_tokens"}`
+    for each user with a history, all of a call's users in one generalist request batch."""
+
+    config_type = ProfileConfig
+    required_keys = ("user",)
+
+    def __init__(self, generalist: Generalist, config: ProfileConfig, tokenizer=None):
+        if tokenizer is None:
+            from prime_ray.models.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(config.model)
+        self.g, self.config, self.tokenizer = generalist, config, tokenizer
+
+    def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        users = [UserRecord.model_validate(r["user"]) for r in rows]
+        c = self.config
+        profiles, generations = write_profiles(self.g, self.tokenizer, users, c.prompts, c.memory, c.seed)
+        tokens = iter(g.completion_tokens for g in generations)
+        return [{"user_id": u, "profile": p, "completion_tokens": next(tokens)} for u, p in profiles.items()]

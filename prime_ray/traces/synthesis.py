@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from prime_ray.data.schema import Example, Item
 from prime_ray.engine.base import Generation, SamplingParams
@@ -87,13 +90,26 @@ class _Work:
     samples: list[dict[str, Any]] = field(default_factory=list)
 
 
-class TraceSynthesizer:
-    """Callable on one user's rows `{"user_id", "example": Example dict, "memory": {profile, episodes}}`."""
+class SynthesisConfig(BaseModel):
+    """What a synthesizer needs: the job's spec, and the traces stage's config hash (stamped on rows)."""
 
-    def __init__(self, generalist: Generalist, spec_json: str, config_hash: str, tokenizer=None):
+    model_config = ConfigDict(frozen=True)
+
+    spec: JobSpec = Field(description="The job's spec: model, task, prompts, traces and filters.")
+    config_hash: str = Field(description="The traces stage's config hash, written on every row.")
+
+
+class TraceSynthesizer:
+    """Callable on the rows of one or more users, `{"user_id", "example": Example dict, "memory":
+    {profile, episodes}}`; each step is sent for up to `generalist.rows_per_call` rows at once."""
+
+    config_type = SynthesisConfig
+    required_keys = ("example", "memory")
+
+    def __init__(self, generalist: Generalist, config: SynthesisConfig, tokenizer=None):
         self.g = generalist
-        self.spec = JobSpec.model_validate_json(spec_json)
-        self.config_hash = config_hash
+        self.spec = config.spec
+        self.config_hash = config.config_hash
         if tokenizer is None:
             from prime_ray.models.loading import load_tokenizer
 
@@ -278,7 +294,7 @@ class TraceSynthesizer:
                 self._prepare(w)
             except Exception as e:  # noqa: BLE001 - a bad row is recorded, the others go on
                 w.error = _error(e)
-        step = self.spec.generalist.rows_per_call
+        step = self.spec.generalist.resolved_rows_per_call
         for start in range(0, len(works), step):
             self._synthesize([w for w in works[start : start + step] if w.error is None])
         out: list[dict[str, Any]] = []
@@ -289,3 +305,22 @@ class TraceSynthesizer:
             else:
                 out.append(self._row(w, None))
         return out
+
+
+def synthesis_rows(ingest_dir: Path, memory_dir: Path) -> list[dict[str, Any]]:
+    """The synthesizer's input: one row per training example, with the example's memory."""
+    from prime_ray.data.store import read_examples
+    from prime_ray.memory.store import MEMORY_FILE, read_memory
+
+    memory = read_memory(memory_dir / MEMORY_FILE)
+    rows = []
+    for ex in read_examples(ingest_dir / "examples.parquet", split="train"):
+        if ex.example_id not in memory:
+            raise KeyError(f"example {ex.example_id} has no row in {memory_dir / MEMORY_FILE}")
+        mem = memory[ex.example_id]
+        rows.append({
+            "user_id": ex.user_id,
+            "example": ex.model_dump(mode="json"),
+            "memory": {"profile": mem.profile, "episodes": [e.model_dump(mode="json") for e in mem.episodes]},
+        })
+    return rows

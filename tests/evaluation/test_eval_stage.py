@@ -7,7 +7,7 @@ import pytest
 
 from prime_ray.data.schema import Example
 from prime_ray.engine.base import Generation
-from prime_ray.pipeline.stages.eval import MODES, _AnswerUser, _Generated, _outcome, _select, plan_modes
+from prime_ray.evaluation.answering import MODES, AnswerConfig, AnswerUser, Generated, answer_outcome, plan_modes, select_examples
 from prime_ray.spec import EvalMode, PromptMode, RankingTask, RatingTask, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -38,26 +38,26 @@ def test_modes_of_a_student_without_an_adapter_are_skipped_with_the_reason(tmp_p
 
 def test_select_is_seeded_per_split_and_bounded():
     examples = [_example(i, "test_query") for i in range(10)] + [_example(i, "test_user") for i in range(10, 13)]
-    first = _select(examples, ["test_query", "test_user"], 4, seed=1)
+    first = select_examples(examples, ["test_query", "test_user"], 4, seed=1)
     assert [len(first["test_query"]), len(first["test_user"])] == [4, 3]
-    assert first == _select(list(reversed(examples)), ["test_query", "test_user"], 4, seed=1)
+    assert first == select_examples(list(reversed(examples)), ["test_query", "test_user"], 4, seed=1)
     assert {e.split for e in first["test_query"]} == {"test_query"}
-    assert _select(examples, ["test_query"], None, seed=1)["test_query"] == sorted(
+    assert select_examples(examples, ["test_query"], None, seed=1)["test_query"] == sorted(
         examples[:10], key=lambda e: e.example_id)
 
 
 def test_outcome_measures_whatever_a_think_mode_wrote():
     task = RatingTask()
-    looping = _Generated("u0/m0", "the user the user the user likes it. Answer: 5", 12, "stop", None)
-    think, parsed = _outcome(_example(0, "test_query"), PromptMode.think, looping, task)
+    looping = Generated("u0/m0", "the user the user the user likes it. Answer: 5", 12, "stop", None)
+    think, parsed = answer_outcome(_example(0, "test_query"), PromptMode.think, looping, task)
     assert think.predicted == "5" and parsed.ok
     assert think.trace == "the user the user the user likes it."  # no think block: all before the answer line
-    direct, _ = _outcome(_example(0, "test_query"), PromptMode.direct, looping, task)
+    direct, _ = answer_outcome(_example(0, "test_query"), PromptMode.direct, looping, task)
     assert direct.trace is None
-    at_once = _Generated("u0/m0", "Answer: 5", 3, "stop", None)
-    assert _outcome(_example(0, "test_query"), PromptMode.think, at_once, task)[0].trace == ""
-    blocked = _Generated("u0/m0", "<think>\nliked dramas\n</think>\nAnswer: 4", 9, "stop", None)
-    assert _outcome(_example(0, "test_query"), PromptMode.personal_think, blocked, task)[0].trace == "liked dramas"
+    at_once = Generated("u0/m0", "Answer: 5", 3, "stop", None)
+    assert answer_outcome(_example(0, "test_query"), PromptMode.think, at_once, task)[0].trace == ""
+    blocked = Generated("u0/m0", "<think>\nliked dramas\n</think>\nAnswer: 4", 9, "stop", None)
+    assert answer_outcome(_example(0, "test_query"), PromptMode.personal_think, blocked, task)[0].trace == "liked dramas"
 
 
 class _FakeGeneralist:
@@ -79,18 +79,18 @@ def test_ranking_scores_candidates_after_the_models_own_trace():
     candidates = ["keep calm", "go home", "stay late"]
     fake = _FakeGeneralist("<think>\nshe leaves early\n</think>\nAnswer: go home",
                            {"keep calm": -1.0, "go home": -2.0, "stay late": -0.5})
-    worker = _AnswerUser(fake, {"max_new_tokens": 8}, task)
-    [row] = worker([{"example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
+    worker = AnswerUser(fake, AnswerConfig(task=task, max_new_tokens=8))
+    [row] = worker([{"user_id": "u0", "example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
     assert fake.scored[0].startswith("<think>\nshe leaves early\n</think>")
-    gen = _Generated(**row)
+    gen = Generated(**row)
     # parsed "go home" is rank 1, then by score: "stay late" (-0.5), "keep calm" (-1.0)
-    outcome, _ = _outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think, gen, task)
+    outcome, _ = answer_outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think, gen, task)
     assert outcome.gold_rank == 3
-    unparsed = _AnswerUser(_FakeGeneralist("no idea", {}), {"max_new_tokens": 8}, task)
-    [row] = unparsed([{"example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
+    unparsed = AnswerUser(_FakeGeneralist("no idea", {}), AnswerConfig(task=task, max_new_tokens=8))
+    [row] = unparsed([{"user_id": "u0", "example_id": "u0/m0", "prompt": "p", "candidates": candidates}])
     assert row["scores"] is None
-    assert _outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think,
-                    _Generated(**row), task)[0].gold_rank is None
+    assert answer_outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think,
+                    Generated(**row), task)[0].gold_rank is None
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)

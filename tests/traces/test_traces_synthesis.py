@@ -14,7 +14,7 @@ from prime_ray.engine.base import Generation
 from prime_ray.spec import parse_spec
 from prime_ray.traces.stats import trace_stats
 from prime_ray.traces.store import read_kept_traces, write_traces
-from prime_ray.traces.synthesis import TraceSynthesizer
+from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer
 
 GOOD = "They loved GoldenEye and Heat; both are action thrillers like this film, so they should enjoy it."
 LEAK = "The hint says the rating is 4, so the user must like this film quite a lot overall."
@@ -90,7 +90,7 @@ def _row(query, gold, example_id):
 
 def _run(spec, rows):
     g = ScriptedG()
-    out = TraceSynthesizer(g, spec.model_dump_json(by_alias=True), "cfg", tokenizer=_Tokenizer())(rows)
+    out = TraceSynthesizer(g, SynthesisConfig(spec=spec, config_hash="cfg"), tokenizer=_Tokenizer())(rows)
     return g, out
 
 
@@ -196,7 +196,7 @@ def test_free_text_keeps_the_trace_with_the_best_positive_gain():
         def score(self, prompts, continuations):
             return [-1.0 if "Take 1" in p else -2.0 if "Take 0" in p else -4.0 for p in prompts]
 
-    out = TraceSynthesizer(TextG(), spec.model_dump_json(), "cfg", tokenizer=_Tokenizer())(
+    out = TraceSynthesizer(TextG(), SynthesisConfig(spec=spec, config_hash="cfg"), tokenizer=_Tokenizer())(
         [_row("Die Hard", "Big win", "a")])
     assert [(r["sample_index"], r["kept"], r["likelihood_gain"]) for r in out] == [(0, False, 2.0), (1, True, 3.0)]
     assert out[0]["verdicts"]["answer_match"] is False  # no exact match for text; the gain ranking decides

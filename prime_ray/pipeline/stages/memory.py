@@ -1,7 +1,8 @@
 """The `memory` stage: profile summaries by the generalist on Serve, and episodic retrieval per example.
 
 Reads ingest's users and examples; writes `memory.parquet` (one row per example of every split).
-The Serve app runs only while profiles are written, then is deleted so later stages get the CPUs.
+Profiles come from `ProfileWriter` workers through `GeneralistMap` (finished users kept in `parts/`);
+the Serve app runs only while they are written, then is deleted so later stages get the CPUs.
 """
 
 from __future__ import annotations
@@ -59,26 +60,23 @@ class MemoryStage(Stage):
 
 
 def _write_profiles(ctx: StageContext, users: list) -> tuple[dict[str, str], dict]:
-    """Profiles in chunks of a full deployment batch, with a progress event per chunk."""
-    from prime_ray.distributed.serve import app_name, generalist
-    from prime_ray.memory.profiles import write_profiles
-    from prime_ray.models.loading import load_tokenizer
+    """Profiles by the generalist on Serve, users spread over Ray Data workers (persisted in parts/)."""
+    from prime_ray.distributed.batch import GeneralistMap, UsersFailed
+    from prime_ray.distributed.serve import app_name
+    from prime_ray.memory.profiles import ProfileConfig, ProfileWriter
 
     spec = ctx.spec
-    tokenizer = load_tokenizer(spec.model)
-    chunk = spec.generalist.max_batch_size * spec.generalist.replicas
-    profiles: dict[str, str] = {}
-    tokens = 0
-    with generalist(spec, app_name=app_name(spec.name, "memory")) as g:
-        started = time.perf_counter()
-        for start in range(0, len(users), chunk):
-            written, generations = write_profiles(
-                g, tokenizer, users[start : start + chunk], spec.data.prompts, spec.memory, spec.seed
-            )
-            profiles.update(written)
-            tokens += sum(gen.completion_tokens for gen in generations)
-            ctx.progress.update(min(start + chunk, len(users)), len(users), profiles=len(profiles))
-        seconds = time.perf_counter() - started
+    rows = [{"user_id": u.user_id, "user": u.model_dump(mode="json")} for u in users if u.history]
+    config = ProfileConfig(model=spec.model, prompts=spec.data.prompts, memory=spec.memory, seed=spec.seed)
+    started = time.perf_counter()
+    with GeneralistMap(spec, app_name=app_name(spec.name, "memory")) as g:
+        result = g.map_users(rows, ProfileWriter, config, parts_dir=ctx.out_dir / "parts",
+                             on_user_done=lambda _u, _r, done, total: ctx.progress.update(done, total))
+    seconds = time.perf_counter() - started
+    if result.failures:
+        raise UsersFailed(result.failures)  # a user without the profile the others have would skew eval
+    profiles = {r["user_id"]: r["profile"] for r in result.rows}
+    tokens = sum(r["completion_tokens"] for r in result.rows)
     words = [len(p.split()) for p in profiles.values()]
     return profiles, {
         "profile_tokens": tokens,

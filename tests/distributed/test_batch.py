@@ -1,0 +1,147 @@
+"""GeneralistMap on a local Ray with the tiny model: the worker contract, users packed into calls, one
+failing user isolated, resume after a crash mid-batch, and teardown when the driver is interrupted."""
+
+import json
+import time
+
+import pytest
+
+from prime_ray.distributed import batch
+from prime_ray.distributed.batch import (
+    FAILURES_FILE,
+    GeneralistMap,
+    WorkerContractError,
+    check_worker,
+    part_path,
+    users_per_call,
+)
+from prime_ray.evaluation.answering import AnswerConfig, AnswerUser
+from prime_ray.memory.profiles import ProfileConfig, ProfileWriter
+from prime_ray.spec import RatingTask, parse_spec
+
+PROMPT = "<|im_start|>user\nRate movie {i} for user {u}.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _spec(tmp_path):
+    return parse_spec({
+        "name": "batch-test",
+        "model": {"name_or_path": "tiny-test"},
+        "data": {"source": {"format": "jsonl", "path": "x"}, "task": {"kind": "rating"}},
+        # 2 rows per user, 4 rows per call: two users share each worker call
+        "generalist": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "rows_per_call": 4, "max_concurrency": 2},
+        "artifact_root": str(tmp_path),
+    })
+
+
+def _rows(users, bad=()):
+    return [{"user_id": u, "example_id": f"{u}/m{i}", "prompt": "" if u in bad else PROMPT.format(i=i, u=u)}
+            for u in users for i in range(2)]
+
+
+CONFIG = AnswerConfig(task=RatingTask(), max_new_tokens=4, temperature=0.0, seed=0)
+
+
+def test_the_worker_contract_is_checked_with_a_clear_error():
+    check_worker(AnswerUser, CONFIG, _rows(["u0"]))
+    with pytest.raises(WorkerContractError, match=r"row 1 \(user 'u0'\) lacks 'prompt'"):
+        check_worker(AnswerUser, CONFIG, [_rows(["u0"])[0], {"user_id": "u0", "example_id": "x"}])
+    with pytest.raises(WorkerContractError, match="row 0 .*lacks 'user_id'"):
+        check_worker(AnswerUser, CONFIG, [{"example_id": "x", "prompt": "p"}])
+    with pytest.raises(WorkerContractError, match="AnswerUser takes a AnswerConfig config, got ProfileConfig"):
+        check_worker(AnswerUser, ProfileConfig.model_construct(), [])
+    with pytest.raises(WorkerContractError, match="config_type must be a pydantic model"):
+        check_worker(type("NoConfig", (), {"__call__": lambda self, rows: rows}), CONFIG)
+
+    class NoKeys:
+        config_type = AnswerConfig
+
+        def __init__(self, generalist, config):
+            pass
+
+        def __call__(self, rows):
+            return rows
+
+    with pytest.raises(WorkerContractError, match="NoKeys.required_keys must be a tuple"):
+        check_worker(NoKeys, CONFIG)
+    NoKeys.required_keys = ()
+
+    class ThreeArgs(NoKeys):
+        def __init__(self, generalist, config, extra):
+            pass
+
+    with pytest.raises(WorkerContractError, match=r"ThreeArgs\(generalist, config\) cannot be called"):
+        check_worker(ThreeArgs, CONFIG)
+
+
+def test_users_are_packed_whole_into_calls():
+    assert users_per_call(rows_per_user=2, rows_per_call=16) == 8
+    assert users_per_call(rows_per_user=3, rows_per_call=16) == 5
+    assert users_per_call(rows_per_user=40, rows_per_call=16) == 1  # a big user still goes, alone
+
+
+@pytest.mark.ray
+def test_failing_user_alone_resume_after_a_crash_mid_batch_and_teardown(ray_local, tmp_path, monkeypatch):
+    spec = _spec(tmp_path)
+    users = [f"u{i}" for i in range(6)]
+    parts = tmp_path / "parts"
+    with GeneralistMap(spec, app_name="batch-test") as g:
+        # a row breaking the contract stops the run before any worker starts
+        with pytest.raises(WorkerContractError, match="lacks 'prompt'"):
+            g.map_users([{"user_id": "u0", "example_id": "x"}], AnswerUser, CONFIG)
+
+        # one failing user (an empty prompt makes the engine raise) fails alone; its call's partner goes on
+        result = g.map_users(_rows(users, bad={"u1"}), AnswerUser, CONFIG, parts_dir=parts)
+        assert list(result.failures) == ["u1"] and "empty prompt" in result.failures["u1"]
+        assert sorted({r["user_id"] for r in result.rows}) == ["u0", "u2", "u3", "u4", "u5"]
+        assert len(result.rows) == 10 and all(r["completion_tokens"] > 0 for r in result.rows)
+        assert [json.loads(line)["user_id"] for line in (parts / FAILURES_FILE).read_text().splitlines()] == ["u1"]
+        assert not part_path(parts, "u1").exists()
+
+        # the retry redoes only the failed user
+        done = []
+        again = g.map_users(_rows(users), AnswerUser, CONFIG, parts_dir=parts,
+                            on_user_done=lambda u, rows, n, total: done.append((u, n, total)))
+        assert done == [("u1", 6, 6)] and again.resumed == 5 and not again.failures
+        assert [r["example_id"] for r in again.rows] == [r["example_id"] for r in _rows(users)]
+        assert again.rows[:2] == result.rows[:2]  # u0's rows read back from its part
+
+        # a driver crash after the first part of a fresh run: the re-run redoes only the users in flight
+        fresh = tmp_path / "fresh"
+        real_write_part, written = batch.write_part, []
+
+        def crash_after_first_part(*args, **kwargs):
+            written.append(real_write_part(*args, **kwargs))
+            raise RuntimeError("driver lost mid-batch")
+
+        monkeypatch.setattr(batch, "write_part", crash_after_first_part)
+        with pytest.raises(RuntimeError, match="driver lost"):
+            g.map_users(_rows(users), AnswerUser, CONFIG, parts_dir=fresh)
+        monkeypatch.setattr(batch, "write_part", real_write_part)
+        [first] = written
+        kept = first.stat().st_mtime_ns
+        redone = []
+        resumed = g.map_users(_rows(users), AnswerUser, CONFIG, parts_dir=fresh,
+                              on_user_done=lambda u, *_: redone.append(u))
+        assert resumed.resumed == 1 and len(redone) == 5 and len(resumed.rows) == 12
+        assert first.stat().st_mtime_ns == kept
+        assert sorted(p.name for p in fresh.glob("*.jsonl")) == sorted(part_path(fresh, u).name for u in users)
+
+        # profiles through the same component: users without history have no row
+        profile_config = ProfileConfig(model=spec.model, prompts=spec.data.prompts,
+                                       memory=spec.memory.model_copy(update={"profile_max_new_tokens": 4}), seed=0)
+        history = [{"id": "m1", "input": "Heat (1995)", "output": "4"}]
+        profiles = g.map_users([{"user_id": "a", "user": {"user_id": "a", "history": history}},
+                                {"user_id": "b", "user": {"user_id": "b"}}], ProfileWriter, profile_config)
+        assert [r["user_id"] for r in profiles.rows] == ["a"] and isinstance(profiles.rows[0]["profile"], str)
+
+        # Ctrl-C in the driver mid-run: the error propagates and the with block deletes the app
+        def interrupt(*_):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            g.map_users(_rows(users), AnswerUser, CONFIG, on_user_done=interrupt)
+    # the app and the Data workers are gone: every CPU is free again
+    deadline = time.time() + 60
+    while ray_local.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_local.available_resources().get("CPU", 0) == 2
