@@ -1,0 +1,273 @@
+"""What `prime-ray run` and `prime-ray submit --wait` show while a job runs, fed by its events.
+
+Both read the same events (`events.jsonl`: the runner's listener locally, the gateway's event stream
+for a submitted job) and draw them one of two ways:
+- on a terminal, a live view: one line per stage with a bar, done/total in the stage's unit, its rate,
+  elapsed time, ETA and the key metrics as they arrive; the job's messages print above it;
+- elsewhere (CI, `| tee`, a Ray job's log), one plain line per event.
+At the end: the evaluation's comparison table and the artifact paths.
+
+`JobLogs` sends what Ray, Serve, Data, Train, DeepSpeed and transformers print (their loggers and the
+workers' output, which Ray forwards to the driver) to the job's `logs/driver.log` instead of the
+terminal, by pointing the process's stdout and stderr there; the view keeps the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from prime_ray.cli.text import plain, say
+
+# What each stage counts in its progress events (done/total), and the metrics worth a glance.
+STAGE_UNITS = {"ingest": "examples", "memory": "users", "traces": "users", "train": "steps", "eval": "generations"}
+KEY_METRICS = ("kept", "rows", "profiles", "loss", "direct", "think", "tokens_per_s", "student", "mode", "problems")
+LOG_FILE = "driver.log"
+# The files a user opens first, relative to the job's folder (listed at the end where they exist).
+KEY_ARTIFACTS = ("eval/report.md", "eval/report.json", "eval/report.png", "train/curves.png", "traces/traces.parquet",
+                 "train/prime/adapter", "train/fast/adapter", "events.jsonl", f"logs/{LOG_FILE}")
+# Lines of a log that a user should hear about once (counted, the first shown).
+_WARNING = re.compile(r"\b(WARNING|WARN|Warning|DeprecationWarning|UserWarning|FutureWarning)\b")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _metrics_text(metrics: dict[str, Any], keys: tuple[str, ...] | None = KEY_METRICS) -> str:
+    items = metrics.items() if keys is None else ((k, metrics[k]) for k in keys if k in metrics)
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in items if not isinstance(v, (dict, list)))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _Count(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else f"{task.total:.0f}"
+        return Text(f"{task.completed:.0f}/{total} {task.fields['unit']}", style="green")
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.3g} {task.fields['unit']}/s" if speed else "", style="cyan")
+
+
+class _Eta(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        if task.finished:
+            return Text("")
+        remaining = task.time_remaining
+        return Text(f"ETA {_duration(remaining)}" if remaining is not None else "ETA -:--:--", style="yellow")
+
+
+class _Stages:
+    """Per stage: when it started, done/total, its last metrics (both views use this)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def rate(self, event) -> float | None:
+        began = self.started.get(event.stage)
+        if began is None or not event.done:
+            return None
+        elapsed = event.time - began
+        return event.done / elapsed if elapsed > 0 else None
+
+
+class LiveView:
+    """A rich Progress: one line per stage. Call it with each event; `close()` at the end."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[stage]:<7}"),
+            BarColumn(bar_width=30),
+            _Count(),
+            _Rate(),
+            TimeElapsedColumn(),
+            _Eta(),
+            TextColumn("{task.fields[info]}", markup=False),
+            console=console,
+            speed_estimate_period=60,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.progress.start()
+
+    def _task(self, stage: str, total: float | None = None):
+        if stage not in self.tasks:
+            unit = STAGE_UNITS.get(stage, "items")
+            self.tasks[stage] = self.progress.add_task(stage, stage=stage, unit=unit, info="", total=total, start=False)
+        return self.tasks[stage]
+
+    def _print(self, *parts: Any) -> None:
+        say(self.progress.console, *parts)
+
+    def __call__(self, event) -> None:
+        stage, kind = event.stage, event.kind
+        if kind == "job_started":
+            for name in event.metrics.get("stages", []):
+                self._task(str(name))
+        elif kind == "stage_started":
+            self.progress.start_task(self._task(stage))
+        elif kind == "progress":
+            task = self._task(stage)
+            self.progress.start_task(task)
+            info = _metrics_text(event.metrics)
+            self.progress.update(task, completed=event.done or 0, total=event.total, info=info)
+        elif kind == "log":
+            self._print(plain(f"  {stage or 'job'}: ", "dim"), event.message or "")
+        elif kind == "stage_skipped":
+            task = self._task(stage)
+            self.progress.update(task, total=1, completed=1, info="skipped: outputs up to date")
+        elif kind == "stage_finished":
+            task = self._task(stage)
+            total = self.progress.tasks[task].total or 1
+            seconds = event.metrics.get("seconds")
+            done = f"done in {_duration(seconds)}" if seconds is not None else "done"
+            self.progress.update(task, completed=total, total=total, info=f"{done}  {_metrics_text(event.metrics)}".strip())
+            self.progress.stop_task(task)
+        elif kind == "stage_failed":
+            self.progress.update(self._task(stage), info="failed")
+            self._print(plain(f"{stage} failed: ", "red"), event.message or "")
+        elif kind == "job_cancelled":
+            if stage:
+                self.progress.update(self._task(stage), info="cancelled")
+            self._print(plain("job cancelled", "yellow"), f" in stage {stage}" if stage else "", f": {event.message or ''}")
+        elif kind == "job_failed":
+            pass  # the stage_failed line said it
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class PlainView:
+    """One line per event, for output that is not a terminal."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.stages = _Stages()
+
+    def __call__(self, event) -> None:
+        stage, kind = event.stage, event.kind
+        clock = time.strftime("%H:%M:%S", time.localtime(event.time))
+        parts: list[str] = [clock, stage or "job", kind]
+        if kind == "stage_started":
+            self.stages.started[stage] = event.time
+        if kind == "progress":
+            unit = STAGE_UNITS.get(stage or "", "items")
+            total = "?" if event.total is None else str(event.total)
+            parts.append(f"{event.done}/{total} {unit}")
+            rate = self.stages.rate(event)
+            if rate:
+                parts.append(f"{rate:.3g} {unit}/s")
+                if event.total:
+                    parts.append(f"ETA {_duration((event.total - (event.done or 0)) / rate)}")
+            parts.append(_metrics_text(event.metrics))
+        elif kind in ("stage_finished", "stage_skipped"):
+            parts.append(_metrics_text(event.metrics, keys=None))
+        if event.message:
+            parts.append(event.message)
+        say(self.console, " ".join(p for p in parts if p))
+
+    def close(self) -> None:
+        pass
+
+
+def make_view(console: Console):
+    return LiveView(console) if console.is_terminal else PlainView(console)
+
+
+def show_report(console: Console, markdown: str | None, artifacts: list[str], where: str) -> None:
+    """The comparison table (report.md, drawn as rich tables on a terminal) and the artifact paths."""
+    if markdown:
+        if console.is_terminal:
+            console.print(Markdown(markdown))
+        else:
+            say(console, markdown)  # plain: a Markdown table must not be wrapped
+    say(console, plain("artifacts", "bold"), f" in {where}:")
+    for path in artifacts:
+        say(console, f"  {path}")
+
+
+class JobLogs:
+    """While open, fd 1 and 2 (and so sys.stdout/sys.stderr, Python's log handlers, Ray's forwarded
+    worker output, the subprocesses Ray starts) write to `<job>/logs/driver.log`; `console` draws on
+    the terminal that stdout was. With `verbose`, or when stdout is no real file (a test runner's
+    capture), nothing is redirected."""
+
+    def __init__(self, job_dir: Path, verbose: bool = False):
+        self.path = Path(job_dir) / "logs" / LOG_FILE
+        self.verbose = verbose
+        self.saved: list[int] = []
+        self.console = Console(highlight=False)
+
+    def __enter__(self) -> "JobLogs":
+        if self.verbose:
+            return self
+        try:
+            out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+        except (AttributeError, ValueError, OSError):
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        terminal = os.fdopen(os.dup(out_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        self.console = Console(file=terminal, highlight=False)
+        self.saved = [os.dup(out_fd), os.dup(err_fd)]
+        log = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log, out_fd)
+        os.dup2(log, err_fd)
+        os.close(log)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(self.saved[0], sys.stdout.fileno())
+            os.dup2(self.saved[1], sys.stderr.fileno())
+            for fd in self.saved:
+                os.close(fd)
+            self.saved = []
+            with contextlib.suppress(Exception):
+                self.console.file.flush()
+
+    @property
+    def redirected(self) -> bool:
+        return bool(self.saved)
+
+    def warnings_summary(self) -> str | None:
+        """One line on the warnings the libraries logged (counted; the first quoted), or None."""
+        if not self.redirected or not self.path.exists():
+            return None
+        count, first = 0, None
+        for line in _lines(self.path):
+            if _WARNING.search(line):
+                count += 1
+                first = first or line.strip()
+        if not count:
+            return None
+        return f"{count} warning line(s) from Ray and the libraries in {self.path}; first: {first[:160]}"
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        yield from f
