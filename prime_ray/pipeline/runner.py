@@ -10,10 +10,10 @@ Cancellation has one path, whatever asked for it: Ctrl-C (SIGINT), SIGTERM (what
 makes Ray Jobs send the runner), or a caller raising KeyboardInterrupt. While a job runs, the runner's
 own handlers raise `CancelRequested` in the driver. It is a BaseException, so it passes the stages'
 `except Exception` and runs every `finally` / `__exit__` on its way out: a Serve app is deleted by its
-context manager, a Ray Data iteration is abandoned. The runner then records `job_cancelled` with the
-stage it stopped in, disconnects from the Ray it started or joined (which ends the driver's actors: a
-Train run, Ray Data workers) and raises JobCancelled. Manifests and partial attempts stay: a re-run
-resumes at the stopped stage.
+context manager, a Ray Data iteration is abandoned. `job_cancelled`, with the stage it stopped in,
+is recorded as the signal arrives, before any teardown; the runner then disconnects from the Ray it
+started or joined (which ends the driver's actors: a Train run, Ray Data workers) and raises
+JobCancelled. Manifests and partial attempts stay: a re-run resumes at the stopped stage.
 """
 
 from __future__ import annotations
@@ -81,15 +81,20 @@ class _CancelSignals:
     ignored so the teardown runs to its end (SIGKILL still ends everything).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Callable[[str], None]) -> None:
         self.active = threading.current_thread() is threading.main_thread()
         self.reason: str | None = None
+        self.on_signal = on_signal
         self.saved = {s: signal.getsignal(s) for s in _SIGNAL_REASONS} if self.active else {}
 
     def _handle(self, signum: int, frame) -> None:  # noqa: ARG002
         if self.reason is not None:
             return
         self.reason = _SIGNAL_REASONS[signal.Signals(signum)]
+        # Recorded before anything is torn down: a runner killed during the teardown (Ray Jobs sends
+        # SIGKILL a few seconds after SIGTERM) has still said where it stopped.
+        with contextlib.suppress(Exception):
+            self.on_signal(self.reason)
         raise CancelRequested(self.reason)
 
     def claim(self) -> None:
@@ -147,9 +152,16 @@ def run_job(
     events.emit("job_started", message=f"stages: {', '.join(order)}", metrics={"stages": order})
     result = JobResult(job_dir=artifacts.job_dir, uri=artifacts.uri)
     digests: dict[str, str] = {}
-    signals = _CancelSignals()
-    ray_session = _RaySession(spec, ray_address)
     current: str | None = None
+    recorded: list[str] = []
+
+    def record_cancel(reason: str, stage: str | None = None) -> None:
+        if not recorded:
+            recorded.append(reason)
+            events.emit("job_cancelled", stage or current, message=reason)
+
+    signals = _CancelSignals(on_signal=record_cancel)
+    ray_session = _RaySession(spec, ray_address)
     try:
         signals.claim()
         for name in order:
@@ -161,11 +173,13 @@ def run_job(
         current = None
     except KeyboardInterrupt as e:
         reason = signals.reason or (e.reason if isinstance(e, CancelRequested) else "interrupted (KeyboardInterrupt)")
-        _cancelled(events, artifacts, ray_session, current, reason)
+        record_cancel(reason)
+        _stop_after_cancel(artifacts, ray_session)
         raise JobCancelled(current, reason) from None
     except StageFailed as e:
         if signals.reason is not None:  # a library turned our interrupt into an error on its way out
-            _cancelled(events, artifacts, ray_session, e.stage, signals.reason)
+            record_cancel(signals.reason, e.stage)
+            _stop_after_cancel(artifacts, ray_session)
             raise JobCancelled(e.stage, signals.reason) from None
         events.emit("job_failed", e.stage, message=str(e))
         artifacts.push(artifacts.events_path.name)
@@ -200,9 +214,7 @@ class _RaySession:
             self.owned = False
 
 
-def _cancelled(events: EventLog, artifacts: JobArtifacts, ray_session: _RaySession, stage: str | None, reason: str) -> None:
-    # Recorded first: a runner killed during the teardown has still said where it stopped.
-    events.emit("job_cancelled", stage, message=reason)
+def _stop_after_cancel(artifacts: JobArtifacts, ray_session: _RaySession) -> None:
     with contextlib.suppress(Exception):
         ray_session.stop()
     artifacts.push(artifacts.events_path.name)
@@ -255,7 +267,8 @@ def _run_stage(stage, spec, artifacts, events, digests, ray_session, signals, fo
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - every failure is reported with its stage
-        events.emit("stage_failed", name, message=f"{type(e).__name__}: {e}")
+        if signals.reason is None:  # else a library turned the cancellation into an error: not a failure
+            events.emit("stage_failed", name, message=f"{type(e).__name__}: {e}")
         raise StageFailed(name, e) from e
     finished = time.time()
     manifest = Manifest(
