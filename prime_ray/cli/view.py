@@ -217,6 +217,7 @@ class JobLogs:
         self.path = Path(job_dir) / "logs" / LOG_FILE
         self.verbose = verbose
         self.saved: list[int] = []
+        self.start = 0
         self.console = Console(highlight=False)
 
     def __enter__(self) -> "JobLogs":
@@ -233,6 +234,7 @@ class JobLogs:
         self.console = Console(file=terminal, highlight=False)
         self.saved = [os.dup(out_fd), os.dup(err_fd)]
         log = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.start = os.fstat(log).st_size  # a re-run appends: its summary reads from here
         os.dup2(log, out_fd)
         os.dup2(log, err_fd)
         os.close(log)
@@ -259,7 +261,7 @@ class JobLogs:
         if not self.redirected or not self.path.exists():
             return None
         count, first = 0, None
-        for line in _lines(self.path):
+        for line in _lines(self.path, self.start):
             if _WARNING.search(line):
                 count += 1
                 first = first or line.strip()
@@ -268,6 +270,8 @@ class JobLogs:
         return f"{count} warning line(s) from Ray and the libraries in {self.path}; first: {first[:160]}"
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        yield from f
+def _lines(path: Path, offset: int) -> Iterator[str]:
+    with path.open("rb") as f:
+        f.seek(offset)
+        for raw in f:
+            yield raw.decode("utf-8", errors="replace")
