@@ -108,3 +108,12 @@ def test_submit_wait_follows_the_events_then_prints_the_report(gateway, tmp_path
     assert "traces progress 2/8 users" in out and "train progress 5/10 steps" in out
     assert "| prime-direct | 0.500 [0.1, 0.9] |" in out  # the report, verbatim (not a terminal)
     assert "eval/report.md" in out and "succeeded" in out
+
+
+def test_run_refuses_a_force_that_names_no_stage(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "f", "data": {"source": {"format": "jsonl", "path": "u.jsonl"},
+                                                      "task": {"kind": "rating"}}}))
+    result = CliRunner().invoke(cli, ["run", str(spec), "--force", "bogus"])
+    assert result.exit_code == 2 and "'bogus' is not a stage" in result.output
+    assert not (tmp_path / "artifacts").exists()
