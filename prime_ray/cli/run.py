@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from prime_ray.cli.text import err_console, plain, say
-from prime_ray.cli.view import KEY_ARTIFACTS, JobLogs, make_view, show_report
+from prime_ray.cli.view import KEY_ARTIFACTS, EventFollower, JobLogs, make_view, show_report
+from prime_ray.pipeline.artifacts import EVENTS_FILE
 from prime_ray.spec import SpecError, load_spec
 
 STAGE_NAMES = ("ingest", "memory", "traces", "train", "eval")
@@ -57,27 +58,24 @@ def run(
         say(console, "job ", plain(spec.name, "bold"), f" -> {spec.artifact_root.rstrip('/')}/{spec.name}")
         if logs.redirected:
             say(console, plain(f"Ray's and the libraries' logs: {logs.path} (--verbose shows them here)", "dim"))
-        view = make_view(console)
+        follower = EventFollower(job_dir / EVENTS_FILE, make_view(console))
         code = 0
         try:
-            result = run_job(spec, ray_address=address, on_event=view, force=tuple(force))
+            with follower:
+                result = run_job(spec, ray_address=address, force=tuple(force))
         except StageFailed as e:
-            view.close()
             logging.getLogger("prime_ray").error("stage %s failed\n%s", e.stage, "".join(
                 traceback.format_exception(e.__cause__ or e)))
             say(console, plain("job failed", "red"), f" in stage '{e.stage}': {type(e.__cause__).__name__}: {e.__cause__}")
             code = 1
         except JobCancelled as e:
-            view.close()
             where = f" in stage '{e.stage}'" if e.stage else ""
             say(console, plain("job cancelled", "yellow"), f"{where} ({e.reason}); `prime-ray run` again resumes there")
             code = 130
         except ValueError as e:  # e.g. --force naming a stage this job does not run
-            view.close()
             say(err, plain("error: ", "red"), e)
             code = 2
         else:
-            view.close()
             report = result.job_dir / "eval" / "report.md"
             show_report(console, report.read_text() if report.exists() else None, _artifact_paths(result.job_dir),
                         result.uri)

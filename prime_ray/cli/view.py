@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -189,6 +190,44 @@ class PlainView:
 
     def close(self) -> None:
         pass
+
+
+class EventFollower:
+    """Feeds `view` the events appended to `events.jsonl` from now on, from a thread, until closed.
+
+    The file, not the runner's in-process listener: events written by Ray workers (the training
+    steps) reach the view as well."""
+
+    def __init__(self, path: Path, view, poll_s: float = 0.25):
+        from prime_ray.pipeline.events import read_events
+
+        self._read = read_events
+        self.path = Path(path)
+        self.view = view
+        self.poll_s = poll_s
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="prime-ray-events", daemon=True)
+
+    def __enter__(self) -> "EventFollower":
+        self._thread.start()
+        return self
+
+    def _drain(self) -> None:
+        for self.offset, event in self._read(self.path, self.offset):
+            self.view(event)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            with contextlib.suppress(Exception):  # a view that fails must not stop the job
+                self._drain()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(Exception):
+            self._drain()
+        self.view.close()
 
 
 def make_view(console: Console):
