@@ -108,6 +108,10 @@ class LiveView:
             TextColumn("{task.fields[info]}", markup=False),
             console=console,
             speed_estimate_period=60,
+            # Not rich's default: print() and log lines of other code would be drawn above the bars.
+            # They go where stdout/stderr point (the job's log file, unless --verbose).
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self.tasks: dict[str, Any] = {}
         self.progress.start()
