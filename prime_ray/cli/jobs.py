@@ -142,7 +142,7 @@ def _follow(job) -> None:
     from prime_ray.client import JobFailed, NotFound
 
     console = out_console()
-    view = make_view(console)
+    view = make_view(err_console())  # stdout keeps the job id, the report and the paths
     try:
         for event in job.events(follow=True):
             view(event)

@@ -105,7 +105,7 @@ def test_submit_wait_follows_the_events_then_prints_the_report(gateway, tmp_path
     player.join(timeout=30)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "traces progress 2/8 users" in out and "train progress 5/10 steps" in out
+    assert "traces progress 2/8 users" in result.stderr and "train progress 5/10 steps" in result.stderr
     assert "| prime-direct | 0.500 [0.1, 0.9] |" in out  # the report, verbatim (not a terminal)
     assert "eval/report.md" in out and "succeeded" in out
 
