@@ -65,18 +65,29 @@ class _Count(ProgressColumn):
         return Text(f"{task.completed:.0f}/{total} {task.fields['unit']}", style="green")
 
 
+def _average_rate(task: Task) -> float | None:
+    """Done per second since the stage started: progress comes in bursts (a user, a logging window),
+    so the average says more than rich's recent-samples speed."""
+    elapsed = task.finished_time if task.finished else task.elapsed
+    if not elapsed or not task.completed:
+        return None
+    return task.completed / elapsed
+
+
 class _Rate(ProgressColumn):
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.3g} {task.fields['unit']}/s" if speed else "", style="cyan")
+        rate = _average_rate(task)
+        return Text(f"{rate:.3g} {task.fields['unit']}/s" if rate else "", style="cyan")
 
 
 class _Eta(ProgressColumn):
     def render(self, task: Task) -> Text:
-        if task.finished:
+        if task.finished or not task.started:
             return Text("")
-        remaining = task.time_remaining
-        return Text(f"ETA {_duration(remaining)}" if remaining is not None else "ETA -:--:--", style="yellow")
+        rate = _average_rate(task)
+        if rate and task.total is not None:
+            return Text(f"ETA {_duration((task.total - task.completed) / rate)}", style="yellow")
+        return Text("ETA -:--:--", style="yellow")
 
 
 class _Stages:
