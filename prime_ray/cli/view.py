@@ -61,6 +61,8 @@ def _duration(seconds: float | None) -> str:
 
 class _Count(ProgressColumn):
     def render(self, task: Task) -> Text:
+        if task.fields.get("skipped"):
+            return Text("skipped", style="dim")
         total = "?" if task.total is None else f"{task.total:.0f}"
         return Text(f"{task.completed:.0f}/{total} {task.fields['unit']}", style="green")
 
@@ -76,7 +78,7 @@ def _average_rate(task: Task) -> float | None:
 
 class _Rate(ProgressColumn):
     def render(self, task: Task) -> Text:
-        rate = _average_rate(task)
+        rate = None if task.fields.get("skipped") else _average_rate(task)
         return Text(f"{rate:.3g} {task.fields['unit']}/s" if rate else "", style="cyan")
 
 
@@ -88,20 +90,6 @@ class _Eta(ProgressColumn):
         if rate and task.total is not None:
             return Text(f"ETA {_duration((task.total - task.completed) / rate)}", style="yellow")
         return Text("ETA -:--:--", style="yellow")
-
-
-class _Stages:
-    """Per stage: when it started, done/total, its last metrics (both views use this)."""
-
-    def __init__(self) -> None:
-        self.started: dict[str, float] = {}
-
-    def rate(self, event) -> float | None:
-        began = self.started.get(event.stage)
-        if began is None or not event.done:
-            return None
-        elapsed = event.time - began
-        return event.done / elapsed if elapsed > 0 else None
 
 
 class LiveView:
@@ -118,7 +106,6 @@ class LiveView:
             _Eta(),
             TextColumn("{task.fields[info]}", markup=False),
             console=console,
-            speed_estimate_period=60,
             # Not rich's default: print() and log lines of other code would be drawn above the bars.
             # They go where stdout/stderr point (the job's log file, unless --verbose).
             redirect_stdout=False,
@@ -152,7 +139,7 @@ class LiveView:
             self._print(plain(f"  {stage or 'job'}: ", "dim"), event.message or "")
         elif kind == "stage_skipped":
             task = self._task(stage)
-            self.progress.update(task, total=1, completed=1, info="skipped: outputs up to date")
+            self.progress.update(task, total=1, completed=1, skipped=True, info="outputs up to date")
         elif kind == "stage_finished":
             task = self._task(stage)
             total = self.progress.tasks[task].total or 1
@@ -163,12 +150,9 @@ class LiveView:
         elif kind == "stage_failed":
             self.progress.update(self._task(stage), info="failed")
             self._print(plain(f"{stage} failed: ", "red"), event.message or "")
-        elif kind == "job_cancelled":
-            if stage:
-                self.progress.update(self._task(stage), info="cancelled")
-            self._print(plain("job cancelled", "yellow"), f" in stage {stage}" if stage else "", f": {event.message or ''}")
-        elif kind == "job_failed":
-            pass  # the stage_failed line said it
+        elif kind == "job_cancelled" and stage:
+            self.progress.update(self._task(stage), info=f"cancelled: {event.message or ''}")
+        # job_failed, job_finished: the command's last lines say it
 
     def close(self) -> None:
         self.progress.stop()
@@ -179,22 +163,27 @@ class PlainView:
 
     def __init__(self, console: Console):
         self.console = console
-        self.stages = _Stages()
+        self.started: dict[str, float] = {}  # stage -> time of its stage_started
+
+    def _rate(self, event) -> float | None:
+        began = self.started.get(event.stage)
+        elapsed = event.time - began if began is not None else 0
+        return event.done / elapsed if event.done and elapsed > 0 else None
 
     def __call__(self, event) -> None:
         stage, kind = event.stage, event.kind
         clock = time.strftime("%H:%M:%S", time.localtime(event.time))
         parts: list[str] = [clock, stage or "job", kind]
         if kind == "stage_started":
-            self.stages.started[stage] = event.time
+            self.started[stage] = event.time
         if kind == "progress":
             unit = STAGE_UNITS.get(stage or "", "items")
             total = "?" if event.total is None else str(event.total)
             parts.append(f"{event.done}/{total} {unit}")
-            rate = self.stages.rate(event)
+            rate = self._rate(event)
             if rate:
                 parts.append(f"{rate:.3g} {unit}/s")
-                if event.total:
+                if event.total and event.done < event.total:
                     parts.append(f"ETA {_duration((event.total - (event.done or 0)) / rate)}")
             parts.append(_metrics_text(event.metrics))
         elif kind in ("stage_finished", "stage_skipped"):
