@@ -21,6 +21,7 @@ __all__ = [
     "SpecError",
     "SpecProblem",
     "load_spec",
+    "resolve_spec_paths",
     "parse_spec",
     "spec_json_schema",
     "config_hash",
@@ -121,7 +122,7 @@ class JsonlSource(_Strict):
     """prime-ray's native format: JSON Lines, one user per line."""
 
     format: Literal["jsonl"] = "jsonl"
-    path: str
+    path: str = Field(..., description="A .jsonl file (or a URI); a relative path is relative to the spec file's folder.")
 
 
 class MovieLensSource(_Strict):
@@ -144,7 +145,7 @@ class ThreadsSource(_Strict):
     """Conversation threads for ranking (Change-My-View-like): JSON Lines, one author per line."""
 
     format: Literal["threads"] = "threads"
-    path: str
+    path: str = Field(..., description="A .jsonl file (or a URI); a relative path is relative to the spec file's folder.")
 
 
 DataSource = Annotated[
@@ -407,7 +408,8 @@ class JobSpec(_Strict):
     eval: EvalSpec = EvalSpec()
     resources: ResourcesSpec = ResourcesSpec()
     artifact_root: str = Field(
-        "artifacts", description="A local directory or a pyarrow filesystem URI (s3://, gs://, ...)."
+        "artifacts", description="A local directory or a pyarrow filesystem URI (s3://, gs://, ...). A relative "
+        "directory, like every relative path in a spec file, is relative to the spec file's folder."
     )
     stages: list[Literal["ingest", "memory", "traces", "train", "eval"]] | None = Field(
         None, description="Run only these stages (and what they need); None runs all."
@@ -501,7 +503,46 @@ def load_spec(path: str | Path) -> JobSpec:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise SpecError([SpecProblem(path="", message=f"not valid YAML/JSON{where}: {e}")], str(path)) from None
-    return parse_spec(document, str(path))
+    return resolve_spec_paths(parse_spec(document, str(path)), path.parent)
+
+
+# ------------------------------------------------------------------------------- spec paths
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def _resolve(value: str, base: Path) -> str:
+    if _is_uri(value) or value.startswith("~") or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def _looks_local(name_or_path: str, base: Path) -> bool:
+    """A model given by a relative path (`./my-model`, `../models/x`, or a folder that exists next to
+    the spec), as opposed to a packaged name or a hub id (`org/name`)."""
+    return name_or_path.startswith(("./", "../")) or name_or_path in (".", "..") or (base / name_or_path).is_dir()
+
+
+def resolve_spec_paths(spec: JobSpec, base: str | Path) -> JobSpec:
+    """The spec with its relative local paths made absolute against `base` (a spec file's folder).
+
+    Resolved: the data source's files (`path`, LaMP's `questions` / `outputs`), a model given by a
+    relative path (see `_looks_local`), and `artifact_root`. URIs (`s3://...`), absolute paths and
+    `~` paths are left as they are. Applied by `load_spec`, so a spec runs the same from any folder;
+    a spec sent to a gateway as a document is not resolved (the gateway sets the artifact root).
+    """
+    base = Path(base).resolve()
+    source = spec.data.source
+    fields = {name: getattr(source, name) for name in ("path", "questions", "outputs") if getattr(source, name, None)}
+    if fields:
+        source = source.model_copy(update={k: _resolve(v, base) for k, v in fields.items()})
+    model = spec.model
+    if not _is_uri(model.name_or_path) and _looks_local(model.name_or_path, base):
+        model = model.model_copy(update={"name_or_path": _resolve(model.name_or_path, base)})
+    data = spec.data.model_copy(update={"source": source})
+    return spec.model_copy(update={"data": data, "model": model, "artifact_root": _resolve(spec.artifact_root, base)})
 
 
 def spec_json_schema() -> dict[str, Any]:

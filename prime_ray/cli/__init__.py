@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import typer
-
 from prime_ray.cli import data, jobs, run, service, spec
+from prime_ray.cli.text import typer_app
 
-app = typer.Typer(
+app = typer_app(
     name="prime-ray",
     help="Personalized thinking by self-distillation (PRIME), on Ray.",
     no_args_is_help=True,

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from prime_ray.cli.text import err_console, say, typer_app
 
 from prime_ray.data.sources import SOURCE_FORMS, describe_source, load_source, parse_source_arg
 from prime_ray.data.stats import source_stats
 from prime_ray.data.validation import DataError, LoadResult
 from prime_ray.spec import MovieLensSource, SpecError, load_spec
 
-data_app = typer.Typer(help="Data sets: validate every row, or print statistics.", no_args_is_help=True)
+data_app = typer_app(help="Data sets: validate every row, or print statistics.", no_args_is_help=True)
 
 SOURCE_HELP = f"The data: {SOURCE_FORMS}."
 FORMAT_HELP = "How to read a .jsonl file: jsonl (native) or threads."
@@ -22,16 +23,16 @@ SPEC_HELP = "A job spec: also check outputs against its task, and build MovieLen
 
 
 def _load(source_text: str, format: Optional[str], spec_path: Optional[Path]):
-    err = Console(stderr=True)
+    err = err_console()
     try:
         source = parse_source_arg(source_text, format)
         spec = load_spec(spec_path) if spec_path is not None else None
         loaded = load_source(source, spec.data if spec else None, seed=spec.seed if spec else 0)
     except SpecError as e:
-        err.print(str(e), markup=False, highlight=False)
+        say(err, str(e))
         raise typer.Exit(2)
     except (ValueError, DataError) as e:  # a source that cannot be named or read at all
-        err.print(f"error: {e}", markup=False, highlight=False)
+        say(err, f"error: {e}")
         raise typer.Exit(2)
     return source, loaded
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from prime_ray.cli.text import err_console, out_console, plain, say, typer_app
 
 URL = typer.Option(None, "--url", help="Gateway URL [env PRIME_RAY_URL, http://127.0.0.1:8000].")
 API_KEY = typer.Option(None, "--api-key", help="API key [env PRIME_RAY_API_KEY].")
 
-artifacts_app = typer.Typer(help="A job's artifact files: list, download.", no_args_is_help=True)
+artifacts_app = typer_app(help="A job's artifact files: list, download.", no_args_is_help=True)
 
 
 @contextlib.contextmanager
@@ -22,26 +23,27 @@ def _client(url: str | None, api_key: str | None) -> Iterator["PrimeClient"]:  #
     """The SDK client; its errors end the command with a message instead of a traceback."""
     from prime_ray.client import JobFailed, PrimeClient, PrimeError, SpecError
 
-    err = Console(stderr=True)
+    err = err_console()
     try:
         with PrimeClient(url, api_key) as client:
             yield client
     except SpecError as e:
-        err.print(f"[red]the gateway refused the spec: {len(e.problems)} problem(s)[/red]")
+        say(err, plain(f"the gateway refused the spec: {len(e.problems)} problem(s)", "red"))
         for problem in e.problems:
-            err.print(f"  {problem}", markup=False, highlight=False)
+            say(err, f"  {problem}")
         raise typer.Exit(2)
     except JobFailed as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
-        raise typer.Exit(1)
+        say(err, plain(str(e), "red"))
+        raise typer.Exit(130 if e.job.state == "cancelled" else 1)
     except PrimeError as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
+        say(err, plain(str(e), "red"))
         raise typer.Exit(1)
 
 
 def submit(
     spec_path: Path = typer.Argument(..., help="A job spec (YAML or JSON)."),
-    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end with progress bars."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end: a live view of its stages on a "
+                              "terminal, a line per event elsewhere; then its report and artifacts."),
     idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="Resubmitting with it returns the same job."),
     url: Optional[str] = URL,
     api_key: Optional[str] = API_KEY,
@@ -51,8 +53,7 @@ def submit(
         job = client.submit(spec_path, idempotency_key=idempotency_key)
         typer.echo(job.id)
         if wait:
-            job.wait()
-            Console(stderr=True).print(f"[green]{job.id} succeeded[/green]")
+            _follow(job)
 
 
 def status(
@@ -67,15 +68,15 @@ def status(
     if as_json:
         typer.echo(json.dumps(job.data, indent=2))
         return
-    console = Console()
-    console.print(f"[bold]{job.id}[/bold] ({job.name}): {job.state}" + (f", stage {job.stage}" if job.stage else ""))
+    console = out_console()
+    say(console, plain(job.id, "bold"), f" ({job.name}): {job.state}" + (f", stage {job.stage}" if job.stage else ""))
     if job.error:
-        console.print(f"[red]error:[/red] {job.error}", highlight=False)
+        say(console, plain("error: ", "red"), job.error)
     table = Table("stage", "state", "done", "total", "metrics")
     for stage, entry in job.progress.items():
         final = job.metrics.get(stage) or entry.get("metrics") or {}
-        table.add_row(stage, entry["state"], _text(entry.get("done")), _text(entry.get("total")),
-                      "  ".join(f"{k}={_text(v)}" for k, v in final.items()))
+        table.add_row(plain(stage), plain(entry["state"]), _text(entry.get("done")), _text(entry.get("total")),
+                      plain("  ".join(f"{k}={_text(v)}" for k, v in final.items())))
     if job.progress:
         console.print(table)
 
@@ -91,8 +92,8 @@ def list_jobs(
         jobs = client.list(state=state, limit=limit)
     table = Table("id", "name", "state", "stage", "created")
     for job in jobs:
-        table.add_row(job.id, job.name or "", job.state, job.stage or "", job.data["created_at"][:19])
-    Console().print(table)
+        table.add_row(plain(job.id), plain(job.name or ""), job.state, plain(job.stage or ""), job.data["created_at"][:19])
+    out_console().print(table)
 
 
 def logs(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
@@ -115,8 +116,8 @@ def artifacts_list(job_id: str = typer.Argument(...), url: Optional[str] = URL, 
         files = client.get(job_id).artifacts()
     table = Table("path", "bytes", "modified")
     for item in files:
-        table.add_row(item["path"], str(item["size"]), item["modified_at"][:19])
-    Console().print(table)
+        table.add_row(plain(item["path"]), str(item["size"]), item["modified_at"][:19])
+    out_console().print(table)
 
 
 @artifacts_app.command("download")
@@ -132,6 +133,33 @@ def artifacts_download(
         written = client.get(job_id).download(dest, paths or None)
     for path in written:
         typer.echo(str(path))
+
+
+def _follow(job) -> None:
+    """Draw the job's events until it ends (the same view as `prime-ray run`), then its report and
+    artifacts; JobFailed (exit 1, 130 if cancelled) unless it succeeded."""
+    from prime_ray.cli.view import KEY_ARTIFACTS, make_view, show_report
+    from prime_ray.client import JobFailed, NotFound
+
+    console = out_console()
+    view = make_view(err_console())  # stdout keeps the job id, the report and the paths
+    try:
+        for event in job.events(follow=True):
+            view(event)
+    finally:
+        view.close()
+    job.refresh()
+    if job.state != "succeeded":
+        raise JobFailed(job)
+    present = {item["path"] for item in job.artifacts()}
+    # folders (an adapter) are listed by their files
+    paths = [rel for rel in KEY_ARTIFACTS if rel in present or any(p.startswith(rel + "/") for p in present)]
+    try:
+        report = job.client.request("GET", f"/v1/jobs/{job.id}/artifacts/eval/report.md").text
+    except NotFound:
+        report = None
+    show_report(console, report, paths, f"the gateway (prime-ray artifacts download {job.id} PATH...)")
+    say(console, plain(f"{job.id} succeeded", "green"))
 
 
 def _text(value: object) -> str:

@@ -2,97 +2,95 @@
 
 from __future__ import annotations
 
-import signal
+import logging
+import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from prime_ray.cli.text import err_console, plain, say
+from prime_ray.cli.view import KEY_ARTIFACTS, EventFollower, JobLogs, make_view, show_report
+from prime_ray.pipeline.artifacts import EVENTS_FILE
 from prime_ray.spec import SpecError, load_spec
 
-
-def _raise_interrupt(signum, frame):  # noqa: ARG001
-    # A cancelled Ray job gets SIGTERM: end like Ctrl-C so the runner records the cancellation.
-    raise KeyboardInterrupt
+STAGE_NAMES = ("ingest", "memory", "traces", "train", "eval")
 
 
-class _ProgressView:
-    """Renders runner events: a bar per stage, the stage's metrics as they arrive."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.fields[stage]:<7}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=console,
-            transient=False,
-        )
-        self.tasks: dict[str, int] = {}
-
-    def _task(self, stage: str) -> int:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, stage=stage, info="", total=None)
-        return self.tasks[stage]
-
-    def __call__(self, event) -> None:
-        stage = event.stage
-        if event.kind == "stage_started":
-            self._task(stage)
-        elif event.kind == "progress":
-            info = "  ".join(f"{k}={_fmt(v)}" for k, v in event.metrics.items())
-            self.progress.update(self._task(stage), completed=event.done, total=event.total, info=info)
-        elif event.kind == "log":
-            self.progress.console.print(f"  [dim]{stage}:[/dim] {event.message}", highlight=False)
-        elif event.kind == "stage_skipped":
-            self.progress.console.print(f"[cyan]{stage}[/cyan] skipped ({event.message})")
-        elif event.kind == "stage_finished":
-            task = self._task(stage)
-            total = self.progress.tasks[task].total or 1
-            self.progress.update(task, completed=total, total=total, info=f"done in {event.metrics.get('seconds', 0):.1f}s")
-        elif event.kind == "stage_failed":
-            self.progress.console.print(f"[red]{stage} failed:[/red] {event.message}", highlight=False)
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _check_force(values: list[str]) -> list[str]:
+    unknown = [v for v in values if v not in STAGE_NAMES]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(map(repr, unknown))} is not a stage; stages: {', '.join(STAGE_NAMES)}")
+    return values
 
 
 def run(
     spec_path: Path = typer.Argument(..., help="A job spec (YAML or JSON)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray address to join (default: embedded Ray)."),
-    force: list[str] = typer.Option([], "--force", help="Run this stage even if its manifest matches (repeatable)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray address to join (default: the spec's resources.ray_address, else an embedded Ray)."
+    ),
+    force: list[str] = typer.Option(
+        [], "--force", callback=_check_force,
+        help="Run this stage even if its manifest matches (repeatable): ingest, memory, traces, train or eval.",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Let Ray's and the libraries' own logs through to the terminal too "
+        "(by default they go to the job's logs/driver.log)."
+    ),
 ) -> None:
-    """Run a job's stages in order; stages whose manifests match are skipped."""
+    """Run a job's stages in order; stages whose manifests match are skipped.
+
+    Ctrl-C or SIGTERM cancels the job: the stage it was in is recorded and its work stopped; a re-run
+    resumes there.
+    """
+    from prime_ray.pipeline.artifacts import JobArtifacts
     from prime_ray.pipeline.runner import JobCancelled, StageFailed, run_job
 
-    console = Console()
+    err = err_console()
     try:
         spec = load_spec(spec_path)
     except SpecError as e:
-        Console(stderr=True).print(str(e), markup=False, highlight=False)
+        say(err, str(e))
         raise typer.Exit(2)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    view = _ProgressView(console)
-    console.print(f"job [bold]{spec.name}[/bold] -> {spec.artifact_root}/{spec.name}")
-    try:
-        with view.progress:
-            result = run_job(spec, ray_address=address, on_event=view, force=tuple(force))
-    except StageFailed as e:
-        console.print(f"[red]job failed[/red] in stage '{e.stage}': {e.__cause__}", highlight=False)
-        raise typer.Exit(1)
-    except JobCancelled:
-        console.print("[yellow]job cancelled[/yellow]")
-        raise typer.Exit(130)
-    summary = result.job_dir / "eval" / "report.md"
-    if summary.exists():
-        # Plain print: a Markdown table must not be wrapped at the console's width.
-        print(summary.read_text(), flush=True)
-    console.print(f"[green]done[/green]: artifacts in {result.uri}")
+    job_dir = JobArtifacts(spec.artifact_root, spec.name).job_dir
+    with JobLogs(job_dir, verbose=verbose) as logs:
+        console = logs.console
+        say(console, "job ", plain(spec.name, "bold"), f" -> {spec.artifact_root.rstrip('/')}/{spec.name}")
+        if logs.redirected:
+            say(console, plain(f"Ray's and the libraries' logs: {logs.path} (--verbose shows them here)", "dim"))
+        follower = EventFollower(job_dir / EVENTS_FILE, make_view(console))
+        code = 0
+        try:
+            with follower:
+                result = run_job(spec, ray_address=address, force=tuple(force))
+        except StageFailed as e:
+            logging.getLogger("prime_ray").error("stage %s failed\n%s", e.stage, "".join(
+                traceback.format_exception(e.__cause__ or e)))
+            say(console, plain("job failed", "red"), f" in stage '{e.stage}': {type(e.__cause__).__name__}: {e.__cause__}")
+            code = 1
+        except JobCancelled as e:
+            where = f" in stage '{e.stage}'" if e.stage else ""
+            say(console, plain("job cancelled", "yellow"), f"{where} ({e.reason}); `prime-ray run` again resumes there")
+            code = 130
+        except ValueError as e:  # e.g. --force naming a stage this job does not run
+            say(err, plain("error: ", "red"), e)
+            code = 2
+        else:
+            report = result.job_dir / "eval" / "report.md"
+            show_report(console, report.read_text() if report.exists() else None, _artifact_paths(result.job_dir),
+                        result.uri)
+            say(console, plain("done", "green"), f": artifacts in {result.uri}")
+        summary = logs.warnings_summary()
+        if summary:
+            say(console, plain(summary, "dim"))
+        if code and logs.redirected:
+            say(console, f"the full log: {logs.path}")
+    if code:
+        raise typer.Exit(code)
+
+
+def _artifact_paths(job_dir: Path) -> list[str]:
+    return [str(job_dir / rel) for rel in KEY_ARTIFACTS if (job_dir / rel).exists()]
 
 
 def register(app: typer.Typer) -> None:

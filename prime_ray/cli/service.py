@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-keys_app = typer.Typer(help="API keys of the gateway (stored hashed in its database).", no_args_is_help=True)
+from prime_ray.cli.text import err_console, out_console, plain, say, typer_app
+
+keys_app = typer_app(help="API keys of the gateway (stored hashed in its database).", no_args_is_help=True)
 
 DB_URL = typer.Option(None, "--db-url", help="Job database URL [env PRIME_RAY_DB_URL].")
 
@@ -21,7 +22,7 @@ def _settings(**options: Any):
     try:
         return GatewaySettings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as e:
-        Console(stderr=True).print(f"[red]invalid gateway settings:[/red] {e}", highlight=False)
+        say(err_console(), plain("invalid gateway settings: ", "red"), e)
         raise typer.Exit(2)
 
 
@@ -55,8 +56,8 @@ def keys_create(
     from prime_ray.service.keys import create_key
 
     row, key = create_key(open_database(_settings(db_url=db_url).db_url), name=name, read_only=read_only)
-    Console(stderr=True).print(f"key id {row.id} ({'read-only' if read_only else 'read-write'}); "
-                               "store the key now, it is not shown again:")
+    say(err_console(), f"key id {row.id} ({'read-only' if read_only else 'read-write'}); "
+        "store the key now, it is not shown again:")
     typer.echo(key)
 
 
@@ -67,7 +68,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id (`prime-ray k
     from prime_ray.service.keys import revoke_key
 
     if not revoke_key(open_database(_settings(db_url=db_url).db_url), key_id):
-        Console(stderr=True).print(f"[red]no live key with id {key_id!r}[/red]")
+        say(err_console(), plain(f"no live key with id {key_id!r}", "red"))
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
 
@@ -80,9 +81,9 @@ def keys_list(db_url: Optional[str] = DB_URL) -> None:
 
     table = Table("id", "name", "access", "created", "revoked")
     for row in list_keys(open_database(_settings(db_url=db_url).db_url)):
-        table.add_row(row.id, row.name, "read-only" if row.read_only else "read-write",
+        table.add_row(plain(row.id), plain(row.name), "read-only" if row.read_only else "read-write",
                       f"{row.created_at:%Y-%m-%d %H:%M}", f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "")
-    Console().print(table)
+    out_console().print(table)
 
 
 def up(
@@ -95,18 +96,25 @@ def up(
     try:
         result = stack.up(_settings(port=port), num_cpus=num_cpus)
     except (RuntimeError, TimeoutError) as e:
-        Console(stderr=True).print(f"[red]prime-ray up failed:[/red] {e}", highlight=False)
+        say(err_console(), plain("prime-ray up failed: ", "red"), e)
         raise typer.Exit(1)
-    console = Console()
-    console.print(f"gateway {'already running' if result.reused else 'started'}: {result.url}")
-    console.print(f"ray jobs api: {result.state['ray']['temp_dir']} "
-                  f"(dashboard on 127.0.0.1:{result.state['ray']['ports']['dashboard-port']})", highlight=False)
+    console = out_console()
+    say(console, f"gateway {'already running' if result.reused else 'started'}: {result.url}")
+    say(console, f"ray jobs api: {result.state['ray']['temp_dir']} "
+                 f"(dashboard on 127.0.0.1:{result.state['ray']['ports']['dashboard-port']})")
+    # Joining this Ray from `prime-ray run` needs its address and its auth token (Ray enables token
+    # auth; a driver reads the token from RAY_AUTH_TOKEN_PATH).
+    from prime_ray.service.local import LocalRay
+
+    head = LocalRay(**result.state["ray"])
+    say(console, "run a job on this Ray directly (without the gateway):")
+    typer.echo(f"  RAY_AUTH_TOKEN_PATH={head.token_file} prime-ray run SPEC --address {head.address}")
     if result.api_key:
-        console.print("admin API key (shown once):")
+        say(console, "admin API key (shown once):")
         typer.echo(result.api_key)
         typer.echo(f"export PRIME_RAY_URL={result.url} PRIME_RAY_API_KEY={result.api_key}")
     else:
-        console.print("an API key exists already; make another with `prime-ray keys create`")
+        say(console, "an API key exists already; make another with `prime-ray keys create`")
         typer.echo(f"export PRIME_RAY_URL={result.url}")
 
 

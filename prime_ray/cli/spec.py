@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from prime_ray.cli.text import err_console, plain, say, typer_app
 from prime_ray.spec import SpecError, load_spec, spec_json_schema
 
-spec_app = typer.Typer(help="The job spec: its JSON schema, and validation of a spec file.", no_args_is_help=True)
+spec_app = typer_app(help="The job spec: its JSON schema, and validation of a spec file.", no_args_is_help=True)
 
 
 @spec_app.command("schema")
@@ -22,13 +22,13 @@ def schema() -> None:
 @spec_app.command("validate")
 def validate(path: Path = typer.Argument(..., help="A spec file (YAML or JSON).")) -> None:
     """Exit 0 if the spec is valid; else list every problem by its path in the document and exit 1."""
-    err = Console(stderr=True)
+    err = err_console()
     try:
         spec = load_spec(path)
     except SpecError as e:
-        err.print(f"[red]{path}: {len(e.problems)} problem(s)[/red]")
+        say(err, plain(f"{path}: {len(e.problems)} problem(s)", "red"))
         for problem in e.problems:
-            err.print(f"  {problem}", markup=False, highlight=False)
+            say(err, f"  {problem}")
         raise typer.Exit(1)
     typer.echo(f"{path}: valid (job '{spec.name}')")
 

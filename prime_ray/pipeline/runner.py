@@ -5,11 +5,23 @@
 Per stage: compute its config hash (the spec sections it declares) and input hash (its upstream
 manifests); if a manifest with both hashes and intact outputs exists, skip it; else run it and write
 the manifest. Every step is an event in `events.jsonl`.
+
+Cancellation has one path, whatever asked for it: Ctrl-C (SIGINT), SIGTERM (what `prime-ray cancel`
+makes Ray Jobs send the runner), or a caller raising KeyboardInterrupt. While a job runs, the runner's
+own handlers raise `CancelRequested` in the driver. It is a BaseException, so it passes the stages'
+`except Exception` and runs every `finally` / `__exit__` on its way out: a Serve app is deleted by its
+context manager, a Ray Data iteration is abandoned. `job_cancelled`, with the stage it stopped in,
+is recorded as the signal arrives, before any teardown; the runner then disconnects from the Ray it
+started or joined (which ends the driver's actors: a Train run, Ray Data workers) and raises
+JobCancelled. Manifests and partial attempts stay: a re-run resumes at the stopped stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +51,61 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
 
 
+class CancelRequested(KeyboardInterrupt):
+    """Raised in the driver's main thread by the runner's SIGINT/SIGTERM handler."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
 class JobCancelled(RuntimeError):
-    pass
+    """The job stopped on request; `stage` is the stage it stopped in (None: between stages)."""
+
+    def __init__(self, stage: str | None, reason: str):
+        self.stage = stage
+        self.reason = reason
+        where = f" in stage '{stage}'" if stage else ""
+        super().__init__(f"cancelled{where} ({reason})")
+
+
+_SIGNAL_REASONS = {signal.SIGINT: "interrupted (SIGINT, Ctrl-C)", signal.SIGTERM: "stopped (SIGTERM)"}
+
+
+class _CancelSignals:
+    """The runner's SIGINT/SIGTERM handlers for the length of a job (main thread only).
+
+    Ray installs its own on the way: `ray.init` a SIGTERM handler that exits, Ray Train's trainer a
+    SIGINT handler that aborts the Train run and lets the driver go on. `claim()` puts ours back; it is
+    called before every stage, after Ray is up. The first signal raises CancelRequested; later ones are
+    ignored so the teardown runs to its end (SIGKILL still ends everything).
+    """
+
+    def __init__(self, on_signal: Callable[[str], None]) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        self.reason: str | None = None
+        self.on_signal = on_signal
+        self.saved = {s: signal.getsignal(s) for s in _SIGNAL_REASONS} if self.active else {}
+
+    def _handle(self, signum: int, frame) -> None:  # noqa: ARG002
+        if self.reason is not None:
+            return
+        self.reason = _SIGNAL_REASONS[signal.Signals(signum)]
+        # Recorded before anything is torn down: a runner killed during the teardown (Ray Jobs sends
+        # SIGKILL a few seconds after SIGTERM) has still said where it stopped.
+        with contextlib.suppress(Exception):
+            self.on_signal(self.reason)
+        raise CancelRequested(self.reason)
+
+    def claim(self) -> None:
+        if self.active:
+            for sig in _SIGNAL_REASONS:
+                signal.signal(sig, self._handle)
+
+    def release(self) -> None:
+        if self.active:
+            for sig, handler in self.saved.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -67,42 +132,95 @@ def run_job(
     on_event: Callable[[Event], None] | None = None,
     force: tuple[str, ...] = (),
 ) -> JobResult:
-    """Run `spec` to the end; raise StageFailed naming the stage that failed.
+    """Run `spec` to the end; raise StageFailed naming the stage that failed, JobCancelled naming the
+    stage it stopped in, ValueError if `force` names a stage the job does not run.
 
     `ray_address` overrides the spec's; `force` names stages to run even when their manifest matches.
     """
     from prime_ray.paths import configure_environment
 
+    order = [name for name in stage_order(spec.stages) if STAGES[name]().enabled(spec)]
+    unknown = sorted(set(force) - set(order))
+    if unknown:
+        raise ValueError(f"no stage {', '.join(map(repr, unknown))} in this job to force; its stages: {', '.join(order)}")
     configure_environment()
     artifacts = JobArtifacts(spec.artifact_root, spec.name)
     artifacts.pull()
     events = EventLog(artifacts.events_path, listener=on_event)
     (artifacts.job_dir / "spec.json").write_text(spec.model_dump_json(indent=2, by_alias=True))
 
-    order = [name for name in stage_order(spec.stages) if STAGES[name]().enabled(spec)]
     events.emit("job_started", message=f"stages: {', '.join(order)}", metrics={"stages": order})
     result = JobResult(job_dir=artifacts.job_dir, uri=artifacts.uri)
     digests: dict[str, str] = {}
+    current: str | None = None
+    recorded: list[str] = []
+
+    def record_cancel(reason: str, stage: str | None = None) -> None:
+        if not recorded:
+            recorded.append(reason)
+            events.emit("job_cancelled", stage or current, message=reason)
+
+    signals = _CancelSignals(on_signal=record_cancel)
+    ray_session = _RaySession(spec, ray_address)
     try:
+        signals.claim()
         for name in order:
+            current = name
             stage = STAGES[name]()
-            outcome = _run_stage(stage, spec, artifacts, events, digests, ray_address, force=name in force)
+            outcome = _run_stage(stage, spec, artifacts, events, digests, ray_session, signals, force=name in force)
             digests[name] = outcome.manifest.digest
             result.stages.append(outcome)
-    except KeyboardInterrupt:
-        events.emit("job_cancelled", message="cancelled")
-        artifacts.push(artifacts.events_path.name)
-        raise JobCancelled("cancelled") from None
+        current = None
+    except KeyboardInterrupt as e:
+        reason = signals.reason or (e.reason if isinstance(e, CancelRequested) else "interrupted (KeyboardInterrupt)")
+        record_cancel(reason)
+        _stop_after_cancel(artifacts, ray_session)
+        raise JobCancelled(current, reason) from None
     except StageFailed as e:
+        if signals.reason is not None:  # a library turned our interrupt into an error on its way out
+            record_cancel(signals.reason, e.stage)
+            _stop_after_cancel(artifacts, ray_session)
+            raise JobCancelled(e.stage, signals.reason) from None
         events.emit("job_failed", e.stage, message=str(e))
         artifacts.push(artifacts.events_path.name)
         raise
+    finally:
+        signals.release()
     events.emit("job_finished", message=f"artifacts: {artifacts.uri}")
     artifacts.push(artifacts.events_path.name)
     return result
 
 
-def _run_stage(stage, spec, artifacts, events, digests, ray_address, force) -> StageOutcome:
+class _RaySession:
+    """Ray as the job uses it: started or joined on the first stage that needs it."""
+
+    def __init__(self, spec: JobSpec, address: str | None):
+        self.spec = spec
+        self.address = address
+        self.owned = False  # this process started or joined Ray (not a caller's ray.init)
+
+    def ensure(self) -> None:
+        from prime_ray.distributed.cluster import ensure_ray
+
+        self.owned = ensure_ray(self.spec.resources, address=self.address) or self.owned
+
+    def stop(self) -> None:
+        """Disconnect from the Ray this job started or joined: Ray ends the driver's actors (a Train
+        run's controller and workers, Ray Data's workers), an embedded Ray stops altogether."""
+        if self.owned:
+            from prime_ray.distributed.cluster import disconnect_ray
+
+            disconnect_ray()
+            self.owned = False
+
+
+def _stop_after_cancel(artifacts: JobArtifacts, ray_session: _RaySession) -> None:
+    with contextlib.suppress(Exception):
+        ray_session.stop()
+    artifacts.push(artifacts.events_path.name)
+
+
+def _run_stage(stage, spec, artifacts, events, digests, ray_session, signals, force) -> StageOutcome:
     name = stage.name
     cfg_hash = config_hash(stage.config(spec))
     in_hash = config_hash({dep: digests[dep] for dep in stage.requires})
@@ -130,9 +248,8 @@ def _run_stage(stage, spec, artifacts, events, digests, ray_address, force) -> S
         attempt_file.write_text(json.dumps(attempt))
 
     if stage.needs_ray:
-        from prime_ray.distributed.cluster import ensure_ray
-
-        ensure_ray(spec.resources, address=ray_address)
+        ray_session.ensure()
+    signals.claim()  # after Ray's (and a previous stage's Ray Train's) handlers
 
     ctx = StageContext(
         spec=spec,
@@ -150,7 +267,8 @@ def _run_stage(stage, spec, artifacts, events, digests, ray_address, force) -> S
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - every failure is reported with its stage
-        events.emit("stage_failed", name, message=f"{type(e).__name__}: {e}")
+        if signals.reason is None:  # else a library turned the cancellation into an error: not a failure
+            events.emit("stage_failed", name, message=f"{type(e).__name__}: {e}")
         raise StageFailed(name, e) from e
     finished = time.time()
     manifest = Manifest(

@@ -85,7 +85,10 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, object_store_mb: int = 
         token_file.chmod(0o600)
     ports = {option: free_port() for option in _PORT_OPTIONS}
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0",
+               # A stopped job gets SIGTERM, then SIGKILL after this many seconds (Ray's default: 3): time
+               # for the runner to delete its Serve app, which outlives a killed driver.
+               RAY_JOB_STOP_WAIT_TIME_S="30")
     command = [
         *_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         "--include-dashboard=true", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",

@@ -56,6 +56,10 @@ class JobProgress:
             self.metrics[stage] = dict(event.metrics)
             if self.stage == stage:
                 self.stage = None
+        elif kind == "job_cancelled":  # the runner names the stage it stopped in
+            self._entry(stage)["state"] = "cancelled"
+            if self.stage == stage:
+                self.stage = None
         elif kind == "stage_failed":
             self._entry(stage)["state"] = "failed"
             self.error = f"stage '{stage}' failed: {event.message}"

@@ -170,7 +170,7 @@ def test_a_running_job_is_cancelled_through_ray(stack, tmp_path):
         assert job.cancel().cancel_requested
         with pytest.raises(JobFailed, match="cancelled"):
             job.wait(timeout=120, progress=False)
-        assert job.state == "cancelled" and job.progress["ingest"]["state"] == "running"
+        assert job.state == "cancelled" and job.progress["ingest"]["state"] == "cancelled"
         assert "job_cancelled" in [event.kind for event in job.events()]  # the runner saw the stop
     assert stack.ray_jobs().get_job_status(f"prime-ray-{job.id}").value == "STOPPED"
 
