@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from prime_ray import __version__
 from prime_ray.distributed.jobs import RayJobs, RayRefused, RayUnavailable
 from prime_ray.pipeline.events import read_events
+from prime_ray.service.console import install_console
 from prime_ray.service.db import open_database
 from prime_ray.service.follower import Follower, events_path, job_dir
 from prime_ray.service.keys import ApiKey, verify_key
@@ -125,6 +126,7 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
     app.state.settings, app.state.store, app.state.follower, app.state.ray = settings, store, follower, ray
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
+    install_console(app, settings.session_secret)
 
     registry = CollectorRegistry()
     registry.register(_JobsByState(store))
