@@ -21,10 +21,10 @@ from urllib.parse import quote
 from typing import Any, Iterator
 
 import httpx
-from pydantic import BaseModel
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from prime_ray import spec as _spec
+from prime_ray.service.models import EventOut
 from prime_ray.spec import JobSpec, SpecProblem
 
 __all__ = ["PrimeClient", "Job", "JobEvent", "PrimeError", "AuthError", "NotFound", "SpecError", "JobFailed",
@@ -70,17 +70,8 @@ class JobFailed(PrimeError):
         super().__init__(f"job {job.id} {job.state}: {job.error or 'no error message'}")
 
 
-class JobEvent(BaseModel):
-    """One progress event of a job (as the runner wrote it), with the cursor just past it."""
-
-    time: float
-    kind: str
-    stage: str | None = None
-    done: int | None = None
-    total: int | None = None
-    metrics: dict[str, Any] = {}
-    message: str | None = None
-    cursor: int
+# One progress event of a job (as the runner wrote it), with the cursor just past it: the gateway's own model.
+JobEvent = EventOut
 
 
 def _retryable(error: BaseException) -> bool:

@@ -1,16 +1,22 @@
-"""The REST API's request and response documents (what the OpenAPI document describes)."""
+"""The REST API's request and response documents (what the OpenAPI document describes).
+
+The SDK (`prime_ray.client`) parses the gateway's answers with these same models, so this module stays
+light: pydantic and prime-ray's own plain modules only (no SQLAlchemy, Ray or torch).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from prime_ray.pipeline.events import Event
-from prime_ray.service.db import JobRow
 from prime_ray.service.states import JobState
 from prime_ray.spec import JobSpec, SpecProblem
+
+if TYPE_CHECKING:
+    from prime_ray.service.db import JobRow
 
 _JOB_EXAMPLE = {
     "id": "job-3f9a1c2b7d4e",

@@ -21,6 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from prime_ray.pipeline.events import read_events
+# The API's own helpers, so the console parses specs and serves files exactly as the REST API does.
+from prime_ray.service.api.errors import ApiError
+from prime_ray.service.api.routes.artifacts import _artifact_files, confined
+from prime_ray.service.api.routes.jobs import _parse_spec_body, _stream_events
 from prime_ray.service.follower import events_path, job_dir
 from prime_ray.service.keys import ApiKey, key_by_id, verify_key
 from prime_ray.service.states import JobState
@@ -105,9 +109,6 @@ def _recent_events(path: Path) -> tuple[list[Any], int]:
 
 def install_console(app: FastAPI, session_secret: str) -> None:
     """Add the console's pages, its static files and the session middleware to the gateway `app`."""
-    # The gateway's own helpers, so the console parses specs and serves files exactly as the API does.
-    from prime_ray.service.app import ApiError, _artifact_files, _parse_spec_body, _stream_events, confined
-
     app.add_middleware(SessionMiddleware, secret_key=session_secret, session_cookie="prime_ray_session",
                        same_site="strict", https_only=False)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="console-static")

@@ -1,0 +1,68 @@
+"""Error answers: every 4xx/5xx is a JSON ErrorOut, whatever raised it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prime_ray.service.models import ErrorOut
+from prime_ray.spec import SpecProblem
+
+log = logging.getLogger("prime_ray.gateway")
+
+MEANING = {
+    401: "No API key, or not a live one.",
+    403: "The API key is read-only.",
+    404: "No such job (or artifact).",
+    409: "Conflict with the job's state (or with an earlier use of the Idempotency-Key).",
+    413: "The request body is larger than the gateway accepts.",
+    415: "The body is neither JSON nor YAML.",
+    422: "Invalid input: every problem, by its path.",
+    503: "The Ray Jobs API cannot be reached.",
+}
+
+
+class ApiError(Exception):
+    """Raised by a route or a dependency: answered as `status` with an ErrorOut body."""
+
+    def __init__(self, status: int, detail: str, problems: list[SpecProblem] | None = None,
+                 headers: dict[str, str] | None = None):
+        self.status, self.detail, self.problems, self.headers = status, detail, problems or [], headers
+
+
+def errors(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give (all of them an ErrorOut).
+
+    `meanings` overrides a code's description for one route: `errors(404, e404="No such user.")`.
+    """
+    return {code: {"model": ErrorOut, "description": meanings.get(f"e{code}", MEANING[code])} for code in codes}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    def answer(status: int, detail: str, problems: list[SpecProblem] | None = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+        body = ErrorOut(detail=detail, problems=problems or [])
+        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return answer(exc.status, exc.detail, exc.problems, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [SpecProblem(path=".".join(str(p) for p in err["loc"]), message=err["msg"]) for err in exc.errors()]
+        return answer(422, "invalid request", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return answer(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return answer(500, f"internal error: {type(exc).__name__}")
