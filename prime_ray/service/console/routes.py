@@ -6,6 +6,7 @@ import collections
 import datetime as dt
 import hmac
 import mimetypes
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +42,8 @@ EVENTS_SHOWN = 50
 LOG_LINES = 200
 # Files the browser may show inline; everything else is downloaded, so an artifact can never run as a page.
 INLINE_TYPES = {"image/png", "image/jpeg", "text/plain"}
+# Terminal colour codes in Ray's log lines (CSI sequences): a page shows the text without them.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class LoginRequired(Exception):
@@ -183,7 +186,7 @@ def install_console(app: FastAPI, session_secret: str) -> None:
             text = app.state.ray.logs(row.submission_id)
         except Exception as e:  # noqa: BLE001 - the page shows why the log cannot be read, whatever it is
             text = f"(the log cannot be read now: {type(e).__name__}: {e})"
-        return Response("\n".join(text.splitlines()[-LOG_LINES:]), media_type="text/plain")
+        return Response(ANSI.sub("", "\n".join(text.splitlines()[-LOG_LINES:])), media_type="text/plain")
 
     @router.get("/jobs/{job_id}/stream")
     async def job_stream(request: Request, key: ConsoleKey, job_id: str, cursor: int = 0) -> Response:
