@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DEMO_SPEC ?= examples/movielens-rating.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv smollm2 lint clean
+.PHONY: demo test venv smollm2 browser lint clean
 
 venv: $(STAMP)
 
@@ -37,7 +37,13 @@ $(VENV)/.smollm2: $(STAMP)
 demo: $(STAMP) $(VENV)/.smollm2
 	$(BIN)/prime-ray run $(DEMO_SPEC)
 
-test: $(STAMP)
+# Debian's Chromium for the console's browser tests: Playwright drives it (no browser download).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

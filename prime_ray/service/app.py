@@ -34,6 +34,7 @@ from prime_ray.distributed.jobs import RayJobs
 from prime_ray.service.api.deps import require_key
 from prime_ray.service.api.errors import errors, install_error_handlers
 from prime_ray.service.api.routes import artifacts, jobs, ops
+from prime_ray.service.console import install_console
 from prime_ray.service.db import open_database
 from prime_ray.service.follower import Follower
 from prime_ray.service.limits import BodySizeLimit
@@ -79,6 +80,7 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
     app.state.settings, app.state.store, app.state.follower, app.state.ray = settings, store, follower, ray
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    install_console(app, settings.session_secret)
 
     registry = CollectorRegistry()
     registry.register(ops.JobsByState(store))

@@ -77,3 +77,12 @@ def has_live_key(sessions: sessionmaker, read_write: bool = True) -> bool:
         query = query.where(ApiKeyRow.read_only.is_(False))
     with sessions() as session:
         return session.scalars(query.limit(1)).first() is not None
+
+
+def key_by_id(sessions: sessionmaker, key_id: str) -> ApiKey | None:
+    """The live key with this id (for a console session, which holds the id, never the key), else None."""
+    with sessions() as session:
+        row = session.get(ApiKeyRow, key_id)
+    if row is None or row.revoked_at is not None:
+        return None
+    return ApiKey(id=row.id, name=row.name, read_only=row.read_only)

@@ -10,6 +10,7 @@
 | PRIME_RAY_ARTIFACT_ROOT      | where jobs write artifacts (path or URI)           | <cache>/jobs                  |
 | PRIME_RAY_MAX_BODY_BYTES     | largest request body accepted                      | 1048576                       |
 | PRIME_RAY_POLL_INTERVAL_S    | how often running jobs are polled in Ray           | 1.0                           |
+| PRIME_RAY_SESSION_SECRET     | signs the web console's session cookies            | random per process            |
 | PRIME_RAY_JOB_PYTHON         | Python that runs a job on the Ray head             | the gateway's own Python      |
 | PRIME_RAY_URL / PRIME_RAY_API_KEY | the SDK and CLI client's gateway and key      | http://127.0.0.1:8000 / none  |
 
@@ -20,6 +21,7 @@ Ray head writes to): the gateway serves events and artifacts from it.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -43,6 +45,11 @@ class GatewaySettings(BaseSettings):
     artifact_root: str = Field(default_factory=lambda: str(cache_dir("jobs")))
     max_body_bytes: int = Field(1 << 20, gt=0)
     poll_interval_s: float = Field(1.0, gt=0, description="Seconds between two polls of the active jobs.")
+    session_secret: str = Field(
+        default_factory=lambda: secrets.token_urlsafe(32), min_length=16,
+        description="Key that signs the console's session cookies. Gateways behind one load balancer need the "
+                    "same value; the default (random per process) logs console users out on a restart.",
+    )
     job_python: str = Field(default_factory=lambda: sys.executable, description="Python of a job's entrypoint.")
 
     @field_validator("artifact_root")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -218,3 +219,52 @@ def test_up_refuses_a_taken_port_before_starting_anything(tmp_path, monkeypatch)
         result = CliRunner().invoke(cli, ["up", "--port", str(port)])
     assert result.exit_code == 1 and f"port {port} is taken" in result.stderr
     assert not (tmp_path / "up.json").exists() and not (tmp_path / "ray-up").exists()
+
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
+
+
+@pytest.mark.slow
+def test_the_console_in_chromium_submits_a_job_watches_it_succeed_and_shows_its_report(stack, tmp_path):
+    """Debian's Chromium (installed by `make test`) driven by Playwright; screenshots in test-artifacts/console/."""
+    import yaml
+    from playwright.sync_api import sync_playwright
+
+    data = tmp_path / "users.jsonl"
+    shutil.copy(FIXTURE, data)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                             args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{stack.url}/submit")
+            assert "/login" in page.url
+            page.fill("#api_key", stack.key)
+            page.click("button:has-text('Log in')")
+            page.wait_for_url(f"{stack.url}/submit")
+
+            page.fill("#spec", yaml.safe_dump({**_full_spec(data), "name": "console"}, sort_keys=False))
+            page.click("button:has-text('Check')")
+            page.wait_for_selector("#valid")
+            page.click("button:has-text('Submit')")
+            page.wait_for_url(re.compile(r".*/jobs/job-[0-9a-f]+$"))
+            job_id = page.url.rsplit("/", 1)[1]
+
+            # The page follows the job over server-sent events and reloads itself when a stage starts or ends.
+            page.wait_for_selector("tr[data-stage='traces'] .state.running, tr[data-stage='train'] .state.running",
+                                   timeout=300_000)
+            page.screenshot(path=str(SCREENSHOTS / "job-running.png"), full_page=True)
+            page.wait_for_selector("#job-state.succeeded", timeout=480_000)
+            assert page.locator("tr[data-stage] .state.finished").count() == 5
+            assert page.locator("#report .markdown table").count() >= 1
+            assert "generalist-direct" in page.inner_text("#report")
+            assert page.evaluate("document.querySelector('img.chart').naturalWidth") > 0
+            page.screenshot(path=str(SCREENSHOTS / "job-report.png"), full_page=True)
+
+            page.goto(f"{stack.url}/")
+            row = page.locator(f"tr:has(a[href='/jobs/{job_id}'])")
+            assert row.locator(".state").inner_text() == "succeeded"
+            page.screenshot(path=str(SCREENSHOTS / "jobs.png"), full_page=True)
+        finally:
+            browser.close()

@@ -1,0 +1,174 @@
+"""The web console over HTTP on a real uvicorn server (Ray out of reach: jobs stay queued).
+
+Login and sessions, CSRF, read-only keys, spec validation shown at its path, job pages with a rendered
+report, and confinement of the files it serves. The browser test (test_console_browser.py) drives the
+same pages in Chromium against a real Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from prime_ray.service.app import create_app
+from prime_ray.service.keys import create_key, revoke_key
+from prime_ray.service.local import free_port
+from prime_ray.service.server import BackgroundServer
+from prime_ray.service.settings import GatewaySettings
+
+SPEC_YAML = """\
+name: console-demo
+model: {name_or_path: tiny-test}
+stages: [ingest]
+data:
+  source: {format: jsonl, path: users.jsonl}
+  task: {kind: rating}
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    root = tmp_path_factory.mktemp("console")
+    settings = GatewaySettings(db_url=f"sqlite:///{root / 'gateway.db'}", artifact_root=str(root / "artifacts"),
+                               ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=0.2)
+    app = create_app(settings)
+    sessions = app.state.store.sessions
+    keys = {"admin": create_key(sessions, "admin")[1], "reader": create_key(sessions, "reader", read_only=True)[1]}
+    with BackgroundServer(app, free_port()) as url:
+        yield url, app, keys, root / "artifacts"
+
+
+@contextlib.contextmanager
+def _login(url: str, key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=10) as client:
+        response = client.post("/login", data={"api_key": key, "next": "/"})
+        assert response.status_code == 303 and response.headers["location"] == "/", response.text
+        yield client
+
+
+def _csrf(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def test_pages_need_a_login_and_a_bad_key_is_refused(gateway):
+    url, _, _, _ = gateway
+    with httpx.Client(base_url=url, timeout=10) as anonymous:
+        for path in ("/", "/submit", "/jobs/job-x", "/jobs/job-x/files/spec.json"):
+            response = anonymous.get(path)
+            assert response.status_code == 303 and response.headers["location"] == f"/login?next={path}"
+        refused = anonymous.post("/login", data={"api_key": "prk_nope_nope"})
+        assert refused.status_code == 401 and "not a live API key" in refused.text
+        assert "prime_ray_session" not in refused.cookies
+
+
+def test_login_sets_an_http_only_session_cookie_and_never_leaves_the_site(gateway):
+    url, _, keys, _ = gateway
+    with httpx.Client(base_url=url, timeout=10) as client:
+        response = client.post("/login", data={"api_key": keys["admin"], "next": "//evil.example/x"})
+        assert response.status_code == 303 and response.headers["location"] == "/"
+        cookie = response.headers["set-cookie"]
+        assert "prime_ray_session=" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+        assert keys["admin"] not in cookie  # the session holds the key's id, not the key
+        assert "Jobs" in client.get("/").text
+
+
+def test_a_spec_with_problems_is_shown_at_its_paths_and_nothing_is_created(gateway):
+    url, app, keys, _ = gateway
+    with _login(url, keys["admin"]) as client:
+        csrf = _csrf(client.get("/submit").text)
+        before = app.state.store.counts_by_state()
+        bad = SPEC_YAML.replace("{kind: rating}", "{kind: rating}\ntrain: {lora: {r: 0}, bogus: 1}")
+        response = client.post("/submit", data={"spec": bad, "csrf": csrf, "action": "submit"})
+        assert response.status_code == 422
+        assert "<code>train.lora.r</code>" in response.text and "<code>train.bogus</code>" in response.text
+        assert app.state.store.counts_by_state() == before
+        unreadable = client.post("/submit", data={"spec": "a: [1,", "csrf": csrf, "action": "check"})
+        assert unreadable.status_code == 422 and 'id="problems"' in unreadable.text
+        checked = client.post("/submit", data={"spec": SPEC_YAML, "csrf": csrf, "action": "check"})
+        assert checked.status_code == 200 and "The spec is valid." in checked.text
+        assert app.state.store.counts_by_state() == before
+
+
+def test_submit_creates_a_job_and_its_page_lists_stages_and_renders_the_report(gateway):
+    url, app, keys, artifacts = gateway
+    with _login(url, keys["admin"]) as client:
+        csrf = _csrf(client.get("/submit").text)
+        response = client.post("/submit", data={"spec": SPEC_YAML, "csrf": csrf, "action": "submit"})
+        assert response.status_code == 303
+        job_id = response.headers["location"].rsplit("/", 1)[1]
+        row = app.state.store.get(job_id)
+        assert row.name == "console-demo" and row.state == "queued"
+
+        listing = client.get("/").text
+        assert f'href="/jobs/{job_id}"' in listing and "console-demo" in listing
+        assert job_id in client.get("/", params={"state": "queued"}).text
+        assert job_id not in client.get("/", params={"state": "succeeded"}).text
+
+        # The report is written by the eval stage; here the files are put in place to test the page alone.
+        report = artifacts / job_id / "eval"
+        report.mkdir(parents=True)
+        (report / "report.md").write_text("# Report\n\n| mode | MAE |\n|---|---|\n| prime | 0.9 |\n\n<script>alert(1)</script>\n")
+        (report / "report.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        page = client.get(f"/jobs/{job_id}").text
+        assert "<table>" in page and "<td>prime</td>" in page and "<td>0.9</td>" in page
+        assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert f'src="/jobs/{job_id}/files/eval/report.png"' in page
+        assert 'data-stage="ingest"' in page and "Cancel" in page
+        png = client.get(f"/jobs/{job_id}/files/eval/report.png")
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        markdown = client.get(f"/jobs/{job_id}/files/eval/report.md")
+        assert markdown.headers["content-disposition"].startswith("attachment")
+        for escape in ("../../gateway.db", "%2e%2e/%2e%2e/gateway.db", "/etc/passwd"):
+            assert client.get(f"/jobs/{job_id}/files/{escape}").status_code == 404
+
+        cancelled = client.post(f"/jobs/{job_id}/cancel", data={"csrf": csrf})
+        assert cancelled.status_code == 303 and app.state.store.get(job_id).cancel_requested
+
+
+def test_forms_without_the_session_csrf_token_are_refused(gateway):
+    url, app, keys, _ = gateway
+    with _login(url, keys["admin"]) as client:
+        before = app.state.store.counts_by_state()
+        for token in ("", "forged"):
+            response = client.post("/submit", data={"spec": SPEC_YAML, "csrf": token, "action": "submit"})
+            assert response.status_code in (403, 422)
+        assert client.post("/submit", data={"spec": SPEC_YAML, "action": "submit"}).status_code == 422
+        assert app.state.store.counts_by_state() == before
+    with _login(url, keys["admin"]) as other:  # another session's token is not this one's
+        stolen = _csrf(other.get("/submit").text)
+    with _login(url, keys["admin"]) as client:
+        assert client.post("/submit", data={"spec": SPEC_YAML, "csrf": stolen}).status_code == 403
+
+
+def test_a_read_only_key_sees_no_submit_or_cancel_and_cannot_post(gateway):
+    url, app, keys, _ = gateway
+    row, _ = app.state.store.create(*_parsed(), None)
+    with _login(url, keys["reader"]) as client:
+        home = client.get("/").text
+        assert "(read-only)" in home and 'href="/submit"' not in home
+        assert "Cancel" not in client.get(f"/jobs/{row.id}").text
+        csrf = _csrf(home)
+        assert client.post("/submit", data={"spec": SPEC_YAML, "csrf": csrf}).status_code == 403
+        assert client.post(f"/jobs/{row.id}/cancel", data={"csrf": csrf}).status_code == 403
+        assert not app.state.store.get(row.id).cancel_requested
+
+
+def test_revoking_a_key_ends_its_console_sessions(gateway):
+    url, app, _, _ = gateway
+    key_row, key = create_key(app.state.store.sessions, "short-lived")
+    with _login(url, key) as client:
+        assert client.get("/").status_code == 200
+        revoke_key(app.state.store.sessions, key_row.id)
+        assert client.get("/").status_code == 303
+
+
+def _parsed():
+    import yaml
+
+    from prime_ray.spec import parse_spec
+
+    return (parse_spec(yaml.safe_load(SPEC_YAML)),)
