@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -26,6 +27,7 @@ __all__ = [
     "config_hash",
     "PromptMode",
     "EvalMode",
+    "derive_seed",
 ]
 
 
@@ -283,14 +285,23 @@ class TrainSpec(_Strict):
     fast_thinking_baseline: bool = Field(
         False, description="Also train the λ = 0 student with the same code and budget, for the comparison."
     )
-    lr: float = Field(2e-4, gt=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    epochs: int = Field(1, gt=0)
+    learning_rate: float = Field(
+        2e-4, gt=0, description="Peak AdamW learning rate (reached after warmup, then cosine decay). "
+        "Formerly `lr` (still accepted, deprecated)."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the optimizer steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the adapter weights.")
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Clip the global L2 norm of the gradient to this (DeepSpeed `gradient_clipping`). "
+        "Formerly `grad_clip` (still accepted, deprecated)."
+    )
+    epochs: int = Field(1, gt=0, description="Passes over the training sequences (when `max_steps` is not set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    micro_batch_size: int = Field(4, gt=0, description="Examples per worker per forward.")
-    grad_accum: int = Field(1, gt=0)
+    micro_batch_size: int = Field(4, gt=0, description="Rows (sequences, or packed rows) per worker per forward.")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="Micro-batches per worker per optimizer step. Formerly `grad_accum` (still accepted, "
+        "deprecated)."
+    )
     max_length: int = Field(512, gt=0, description="Tokens per sequence; truncation never cuts the answer.")
     packing: bool = Field(False, description="Pack sequences into max_length budgets (no cross-attention).")
     num_workers: int = Field(2, gt=0)
@@ -306,7 +317,29 @@ class TrainSpec(_Strict):
     log_every_steps: int = Field(5, gt=0)
     max_failures: int = Field(2, ge=0, description="Worker failures survived by restarting from the last checkpoint.")
     merge_adapter: bool = Field(False, description="Also save the base model with the adapter merged in.")
-    seed: int = 0
+    seed: int = Field(
+        0, description="Training sub-seed: the data order and the LoRA initialization use "
+        "`derive_seed(seed, 'train', train.seed)`, so changing it re-draws only the training randomness."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        """Accept the old spellings (`lr`, `grad_clip`, `grad_accum`) with a DeprecationWarning."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in _RENAMED_TRAIN_FIELDS.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"train.{old} is the deprecated name of train.{new}: give only train.{new}")
+                warnings.warn(f"train.{old} is deprecated: use train.{new}", DeprecationWarning, stacklevel=2)
+                data[new] = data.pop(old)
+        return data
+
+
+# Deprecated TrainSpec names and the field's names (TRL / DeepSpeed) that replace them.
+_RENAMED_TRAIN_FIELDS = {"lr": "learning_rate", "grad_clip": "max_grad_norm", "grad_accum": "gradient_accumulation_steps"}
 
 
 # ---------------------------------------------------------------------------------------- eval
@@ -494,3 +527,15 @@ def config_hash(value: Any) -> str:
     """A short, stable hash of any JSON-able value (sorted keys)."""
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def derive_seed(base: int, *labels: object) -> int:
+    """The seed of one named random stream: `base` (the job's `seed`) and labels naming the stream.
+
+    Every sub-seed of a job comes from here (`derive_seed(seed, "split")`, `derive_seed(seed, "traces", s)`,
+    ...), so streams are independent of each other and changing one knob re-draws only its own stream.
+    Returns an int in [0, 2**31): the first bytes of SHA-256 over `base` and the labels joined by ':',
+    small enough for every consumer (random, numpy, torch, vLLM).
+    """
+    key = ":".join(str(part) for part in (base, *labels))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF

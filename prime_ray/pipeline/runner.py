@@ -79,7 +79,7 @@ def run_job(
     events = EventLog(artifacts.events_path, listener=on_event)
     (artifacts.job_dir / "spec.json").write_text(spec.model_dump_json(indent=2, by_alias=True))
 
-    order = [name for name in stage_order(spec.stages) if STAGES[name]().enabled(spec)]
+    order = stage_order(spec.stages)
     events.emit("job_started", message=f"stages: {', '.join(order)}", metrics={"stages": order})
     result = JobResult(job_dir=artifacts.job_dir, uri=artifacts.uri)
     digests: dict[str, str] = {}
@@ -146,7 +146,7 @@ def _run_stage(stage, spec, artifacts, events, digests, ray_address, force) -> S
     started = time.time()
     try:
         outcome = stage.run(ctx)
-        outputs = output_digests(stage_dir, stage.outputs)
+        outputs = output_digests(stage_dir, stage.outputs_for(spec))
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - every failure is reported with its stage
