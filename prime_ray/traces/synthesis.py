@@ -3,8 +3,8 @@
 Per example, in this order (DESIGN.md §2, steps 2–5):
 1. direct answer by G (greedy): a statistic, and optionally a fast filter (`drop_if_direct_correct`);
 2. rationalization: G sees the input, the user's memory and the gold answer as a hint, and writes the
-   reasoning; `samples_per_example` samples (sample s is seeded `seed + s`, so a sample index has
-   the same params for every example and the deployment batches them together). The generation is
+   reasoning; `samples_per_example` samples (sample s is seeded `derive_seed(seed, "traces", s)`, so a
+   sample index has the same params for every example and the deployment batches them together). The generation is
    started inside the think block (`<think>\\n` and the spec's `trace_opening` end the prompt), which
    small models need to follow the format;
 3. verification: the trace's final answer must be the gold one. The answer is the one written after
@@ -31,7 +31,7 @@ from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.memory.profiles import Generalist
 from prime_ray.models.parser import is_correct, parse_output
 from prime_ray.models.prompts import THINK_OPEN, completion_text, render_prompt
-from prime_ray.spec import JobSpec, PromptMode, TaskSpec
+from prime_ray.spec import JobSpec, PromptMode, TaskSpec, derive_seed
 from prime_ray.traces import filters as F
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class TraceSynthesizer:
                 max_new_tokens=self.traces.max_new_tokens,
                 temperature=self.traces.temperature,
                 top_p=self.traces.top_p,
-                seed=self.spec.seed + s,
+                seed=derive_seed(self.spec.seed, "traces", s),
             )
             for w, gen in zip(works, self._generate(works, lambda w: w.hinted_prompt + self._opening(), params)):
                 w.samples.append(self._sample(w, s, gen))

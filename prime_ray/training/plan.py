@@ -11,7 +11,7 @@ import bisect
 import random
 from typing import Sequence
 
-from prime_ray.spec import TrainSpec
+from prime_ray.spec import TrainSpec, derive_seed
 from prime_ray.training.collate import Row
 from prime_ray.training.sequences import TrainSequence
 
@@ -38,7 +38,7 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[Row]:
 class StepPlan:
     """Which sequences each worker uses at each optimizer step: deterministic, so a restart resumes exactly.
 
-    An epoch shuffles the sequences (seed + epoch), forms rows (one sequence each, or packed), and cuts
+    An epoch shuffles the sequences (`derive_seed(seed, "epoch", epoch)`), forms rows (one sequence each, or packed), and cuts
     them into micro-batches of `micro_batch_size` rows. Step s of the epoch uses micro-batches
     [s·W·A, (s+1)·W·A) of which worker r takes every W-th from r (W workers, A accumulation steps).
     An incomplete last step is dropped. With `max_steps`, epochs repeat until that many steps are done.
@@ -77,7 +77,7 @@ class StepPlan:
 
     def _epoch(self, epoch: int) -> list[list[Row]]:
         if epoch not in self._epochs:
-            rng = random.Random(self.seed * 1_000_003 + epoch)
+            rng = random.Random(derive_seed(self.seed, "epoch", epoch))
             order = list(range(len(self.sequences)))
             rng.shuffle(order)
             if self.packing:

@@ -11,7 +11,7 @@ import pytest
 
 from prime_ray.data.schema import Example, Item
 from prime_ray.engine.base import Generation
-from prime_ray.spec import parse_spec
+from prime_ray.spec import derive_seed, parse_spec
 from prime_ray.traces.stats import trace_stats
 from prime_ray.traces.store import read_kept_traces, write_traces
 from prime_ray.traces.synthesis import TraceSynthesizer
@@ -38,6 +38,9 @@ class _Tokenizer:
         return "\n".join(m["content"] for m in messages) + "\n<assistant>\n"
 
 
+SAMPLE_SEEDS = [derive_seed(0, "traces", s) for s in range(2)]
+
+
 class ScriptedG:
     def __init__(self):
         self.generate_calls = []
@@ -58,7 +61,7 @@ class ScriptedG:
                 text = verify
             elif p.endswith("<think>\n" + OPENING):
                 assert "real answer is" in p
-                text = samples[params.seed % len(samples)]
+                text = samples[SAMPLE_SEEDS.index(params.seed)]  # sample s is seeded derive_seed(0, 'traces', s)
             else:
                 assert "real answer" not in p
                 text = direct
@@ -130,9 +133,9 @@ def test_one_user_keep_path_rejections_and_errors():
     assert "replica lost" in rows[("u1/d", -1)]["error"] and not rows[("u1/d", -1)]["kept"]
     assert "ValidationError" in rows[("u1/e", -1)]["error"]
 
-    # rows_per_call=2: examples go in chunks of 2; sample s is seeded seed + s for every example
+    # rows_per_call=2: examples go in chunks of 2; sample s is seeded derive_seed(seed, "traces", s) for every example
     rationalizations = [(n, p) for n, p in g.generate_calls if p.temperature > 0]
-    assert sorted({p.seed for _, p in rationalizations}) == [0, 1]
+    assert {p.seed for _, p in rationalizations} == set(SAMPLE_SEEDS)
     assert max(n for n, _ in rationalizations) == 2 and len(rationalizations) == 3 * 2  # 3 chunks x 2 samples
 
 
@@ -188,7 +191,8 @@ def test_free_text_keeps_the_trace_with_the_best_positive_gain():
     class TextG(ScriptedG):
         def generate(self, prompts, params):
             if prompts[0].endswith("<think>\n"):  # no trace_opening in this spec
-                return [Generation(text=f"{GOOD} Take {params.seed}.\n</think>\nAnswer: Big win", prompt_tokens=1,
+                sample = SAMPLE_SEEDS.index(params.seed)
+                return [Generation(text=f"{GOOD} Take {sample}.\n</think>\nAnswer: Big win", prompt_tokens=1,
                                    completion_tokens=20, finish_reason="stop") for _ in prompts]
             return [Generation(text=" Big win", prompt_tokens=1, completion_tokens=2, finish_reason="stop")
                     for _ in prompts]

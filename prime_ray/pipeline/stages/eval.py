@@ -32,7 +32,7 @@ from prime_ray.models.loading import load_tokenizer
 from prime_ray.models.parser import parse_output
 from prime_ray.models.prompts import ANSWER_PREFIX, completion_text, render_prompt
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
-from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, config_hash
+from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, config_hash, derive_seed
 from prime_ray.training.artifacts import adapter_dir
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -95,7 +95,7 @@ def _select(examples: list[Example], splits: Sequence[str], max_examples: int | 
     for split in splits:
         pool = sorted((e for e in examples if e.split == split), key=lambda e: e.example_id)
         if max_examples is not None and len(pool) > max_examples:
-            pool = sorted(random.Random(f"{seed}/{split}").sample(pool, max_examples), key=lambda e: e.example_id)
+            pool = sorted(random.Random(derive_seed(seed, "eval", split)).sample(pool, max_examples), key=lambda e: e.example_id)
         chosen[split] = pool
     return chosen
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
-from prime_ray.spec import JobSpec
+from prime_ray.spec import JobSpec, derive_seed
 
 
 @register_stage
@@ -63,7 +63,7 @@ class TrainStage(Stage):
 
         spec = ctx.spec
         # The job seed and the train seed together decide the data order and the LoRA initialization.
-        train = spec.train.model_copy(update={"seed": spec.seed * 1_000_003 + spec.train.seed})
+        train = spec.train.model_copy(update={"seed": derive_seed(spec.seed, "train", spec.train.seed)})
         examples = read_examples(ctx.inputs["ingest"] / "examples.parquet", split="train")
         if not examples:
             raise ValueError(f"{ctx.inputs['ingest'] / 'examples.parquet'} holds no training examples")
