@@ -109,3 +109,15 @@ def test_derive_seed_names_independent_streams():
     seeds = {derive_seed(base, *labels) for base in (0, 1) for labels in [("split",), ("users",), ("traces", 0),
                                                                           ("traces", 1), ("train", 0)]}
     assert len(seeds) == 10 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_every_section_and_field_is_described_in_the_schema():
+    schema = spec_json_schema()
+    missing = []
+    for name, definition in {"JobSpec": schema, **schema["$defs"]}.items():
+        if "properties" not in definition:
+            continue  # enums
+        if not definition.get("description"):
+            missing.append(name)
+        missing += [f"{name}.{field}" for field, prop in definition["properties"].items() if not prop.get("description")]
+    assert missing == []
