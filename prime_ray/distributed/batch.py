@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
 
 from prime_ray.distributed.serve import GeneralistHandle
+from prime_ray.files import atomic_write
 
 # on_shard_done(user_id, result_rows, users_done, users_total)
 ShardCallback = Callable[[str, list[dict], int, int], None]
@@ -50,9 +50,7 @@ def part_path(parts_dir: Path, user_id: str) -> Path:
 def write_part(parts_dir: Path, user_id: str, rows: list[dict]) -> Path:
     """Write atomically: a crash mid-write leaves no part, so the user is simply redone."""
     path = part_path(parts_dir, user_id)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"user_id": user_id, "row": row}) + "\n" for row in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps({"user_id": user_id, "row": row}) + "\n" for row in rows))
     return path
 
 
