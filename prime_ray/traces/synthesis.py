@@ -224,14 +224,14 @@ class TraceSynthesizer:
             readable = s["trace"] if s["answer"] is not None else None  # a trace without an answer is unparseable
             s["verdicts"] = F.verdicts(trace=readable, answer_ok=self._answer_ok(s, gold), gold=gold,
                                        filters=self.filters)
-            s["verdicts"]["gain"] = s.get("gain") is not None and s["gain"] > 0
+            s["verdicts"]["top_gain"] = s.get("gain") is not None and s["gain"] > 0
         judged = [s for s in w.samples if s["verdicts"] is not None]
         if self.task.kind == "text":
-            eligible = [all(s["verdicts"][n] for n in F.applied_filters(self.task, self.filters) if n != "gain")
+            eligible = [all(s["verdicts"][n] for n in F.applied_filters(self.task, self.filters) if n != "top_gain")
                         for s in judged]
             top = F.rank_by_gain([s.get("gain") for s in judged], eligible, self.filters.text_keep_top)
             for s, best in zip(judged, top):
-                s["verdicts"]["gain"] = best
+                s["verdicts"]["top_gain"] = best
         for s in judged:
             s["kept"] = F.keep(s["verdicts"], self.task, self.filters)
 

@@ -113,15 +113,15 @@ def test_one_user_keep_path_rejections_and_errors():
 
     kept = rows[("u1/a", 0)]
     assert kept["kept"] and kept["trace"] == OPENING + GOOD and kept["answer"] == "4" and kept["gold"] == "4"
-    assert kept["verdicts"] == {"parsed": True, "answer_match": True, "leaked_hint": True, "repetition": True,
-                                "length": True, "gain": True}
+    assert kept["verdicts"] == {"parsed": True, "answer_match": True, "hint_not_leaked": True, "low_repetition": True,
+                                "length_in_range": True, "top_gain": True}
     assert kept["likelihood_gain"] == pytest.approx(2.0)
     assert kept["direct_answer"] == "4" and kept["direct_correct"] is True
     assert kept["raw_text"].startswith("<think>\n" + OPENING) and "real answer is: 4" in kept["prompt"]
     assert kept["model"] == "tiny-test" and kept["config_hash"] == "cfg" and kept["error"] is None
 
-    assert rows[("u1/a", 1)]["verdicts"]["leaked_hint"] is False and not rows[("u1/a", 1)]["kept"]
-    assert rows[("u1/b", 0)]["verdicts"]["repetition"] is False and rows[("u1/b", 0)]["repetition"] > 0.5
+    assert rows[("u1/a", 1)]["verdicts"]["hint_not_leaked"] is False and not rows[("u1/a", 1)]["kept"]
+    assert rows[("u1/b", 0)]["verdicts"]["low_repetition"] is False and rows[("u1/b", 0)]["repetition"] > 0.5
     assert rows[("u1/b", 1)]["verdicts"]["parsed"] is False and rows[("u1/b", 1)]["answer"] is None  # cut off
     assert rows[("u1/c", 0)]["kept"] and rows[("u1/c", 1)]["kept"] and rows[("u1/c", 0)]["direct_correct"] is False
     # a trace that ended without an answer gets G's answer from the trace alone (both of f's samples)
@@ -146,7 +146,7 @@ def test_stats_add_up_and_kept_traces_read_back(tmp_path):
     assert counts["examples"] == 6 and counts["users"] == 1
     assert counts["traces_generated"] == 8 and counts["errors"] == 2
     assert counts["after_parsed"] == 7 and counts["after_answer_match"] == 7
-    assert counts["after_leaked_hint"] == 6 and counts["after_repetition"] == 5 and counts["after_length"] == 5
+    assert counts["after_hint_not_leaked"] == 6 and counts["after_low_repetition"] == 5 and counts["after_length_in_range"] == 5
     assert counts["kept"] == 5 and metrics["keep_rate"] == pytest.approx(5 / 8, abs=1e-3)
     assert counts["examples_with_kept_trace"] == 3 and counts["examples_direct_correct"] == 1  # a
     assert counts["tokens_generated"] == sum(r["generated_tokens"] for r in out) > 0
