@@ -1,6 +1,6 @@
 """Trace synthesis for one user's training examples (plain compute: G is any engine or Serve handle).
 
-Per example, in this order (DESIGN.md §2, steps 2–5):
+Per example, in this order:
 1. direct answer by G (greedy): a statistic, and optionally a fast filter (`drop_if_direct_correct`);
 2. rationalization: G sees the input, the user's memory and the gold answer as a hint, and writes the
    reasoning; `samples_per_example` samples (sample s is seeded `derive_seed(seed, "traces", s)`, so a
