@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from prime_ray.data.schema import Example, Item
 from prime_ray.engine.base import Generation, SamplingParams
@@ -33,6 +33,9 @@ from prime_ray.models.parser import is_correct, parse_output
 from prime_ray.models.prompts import THINK_OPEN, completion_text, render_prompt
 from prime_ray.spec import JobSpec, PromptMode, TaskSpec, derive_seed
 from prime_ray.traces import filters as F
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,7 +93,8 @@ class _Work:
 class TraceSynthesizer:
     """Callable on one user's rows `{"user_id", "example": Example dict, "memory": {profile, episodes}}`."""
 
-    def __init__(self, generalist: Generalist, spec_json: str, config_hash: str, tokenizer=None):
+    def __init__(self, generalist: Generalist, spec_json: str, config_hash: str,
+                 tokenizer: PreTrainedTokenizerBase | None = None):
         self.g = generalist
         self.spec = JobSpec.model_validate_json(spec_json)
         self.config_hash = config_hash
