@@ -217,10 +217,10 @@ class TrainEngine(ABC):
         pass
 
     def _all_reduce(self, values: Sequence[float]) -> list[float]:
-        """Sums over ranks (float64 keeps token counts exact)."""
+        """Sums over ranks (float64 keeps token counts exact; on the engine's device, which NCCL needs)."""
         if self.world_size == 1:
             return [float(v) for v in values]
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tensor.tolist()
 
