@@ -5,8 +5,9 @@ Qwen2-0.5B-shaped model in bf16. Prints tokens/s, peak memory and MFU.
     python benchmarks/gpu_train_step.py --batch 16 --seq 512 --lora-targets all-linear
     python benchmarks/gpu_train_step.py --tiny               # anywhere (CPU): a tiny shape, checks it runs
 
-It uses the product's code for the step (collate_rows, prime_loss through train_step), so what it
-measures is what a Ray Train worker runs per micro-batch minus DeepSpeed. Needs only torch,
+It uses the product's code for the step (collate_rows, and the training engine's plain-PyTorch
+backend: prime_loss, AdamW, clipping, the schedule), so what it measures is what a Ray Train worker
+runs per micro-batch minus DeepSpeed. Needs only torch,
 transformers, peft (no Ray, no DeepSpeed, no download: the weights are random).
 
 MFU = achieved FLOP/s over the card's dense bf16 peak. FLOPs per token of a LoRA step on a frozen
@@ -23,10 +24,10 @@ import time
 
 import torch
 
-from prime_ray.spec import LoraSpec
-from prime_ray.training.collate import IGNORE_INDEX, TrainSequence, collate_rows
-from prime_ray.training.lora import attach_lora
-from prime_ray.training.step import train_step
+from prime_ray.spec import LoraSpec, ModelSpec, TrainSpec
+from prime_ray.training.collate import collate_rows
+from prime_ray.training.engine import EngineConfig, create_train_engine
+from prime_ray.training.sequences import IGNORE_INDEX, TrainSequence
 
 # Dense bf16 peak FLOP/s by device name (no sparsity).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -87,9 +88,12 @@ def main() -> None:
     config = Qwen2Config(**shape, attn_implementation=args.attn)
     model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
     targets = args.lora_targets.split(",")
-    model = attach_lora(model, LoraSpec(r=args.lora_r, alpha=2 * args.lora_r, target_modules=targets))
-    model.print_trainable_parameters()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    train = TrainSpec(lora=LoraSpec(r=args.lora_r, alpha=2 * args.lora_r, target_modules=targets), learning_rate=1e-4,
+                      max_grad_norm=1.0, use_gpu=device.type == "cuda")
+    # The model is built here (random weights): the engine's ModelSpec is not read.
+    engine = create_train_engine(EngineConfig(model=ModelSpec(), train=train, total_steps=args.steps + args.warmup,
+                                              think_weight=1.0, backend="torch"), model=model)
+    engine.module.print_trainable_parameters()
 
     sequences = random_sequences(args.batch * (args.steps + args.warmup), args.seq, shape["vocab_size"], prompt_share=0.25)
     batches = [collate_rows(sequences, [[i] for i in range(s * args.batch, (s + 1) * args.batch)], pad_id=0,
@@ -102,18 +106,18 @@ def main() -> None:
             torch.cuda.synchronize(device)
 
     for batch in batches[: args.warmup]:
-        train_step(model, optimizer, [batch], think_weight=1.0, grad_clip=1.0)
+        engine.train_step([batch])
     sync()
     started = time.perf_counter()
     tokens = 0
     for batch in batches[args.warmup:]:
-        stats = train_step(model, optimizer, [batch], think_weight=1.0, grad_clip=1.0)
+        stats = engine.train_step([batch])
         tokens += stats.tokens
     sync()
     seconds = time.perf_counter() - started
 
     tokens_per_s = tokens / seconds
-    n = matmul_params(model.get_base_model())
+    n = matmul_params(engine.module.get_base_model())
     flops_per_token = 4 * n + 12 * shape["num_hidden_layers"] * args.seq * shape["hidden_size"]
     peak = peak_flops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

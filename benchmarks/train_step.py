@@ -4,9 +4,9 @@ packed against padded batches, on the same model and the same trace-like data.
     python benchmarks/train_step.py [--steps 3] [--rounds 2] [--hidden 256] [--layers 4]
 
 1. ray_vs_plain: tokens/s of `train_students` with one Ray Train worker (1 CPU, 1 torch thread,
-   DeepSpeed ZeRO-2, LoRA, grad_accum 2), as the worker measures it (time in training steps; start-up
-   and checkpoints excluded), divided by tokens/s of `train_step` in this process on 1 torch thread
-   over the same step plan, measured before and after the Ray runs (the better one counts): what the
+   the DeepSpeed ZeRO-2 engine, LoRA, gradient_accumulation_steps 2), as the worker measures it (time
+   in training steps; start-up and checkpoints excluded), divided by tokens/s of the plain-PyTorch
+   engine (`backend="torch"`) in this process on 1 torch thread over the same step plan, measured before and after the Ray runs (the better one counts): what the
    distributed path costs on equal resources. Both are medians of per-step rates. The same plan on
    2 workers is printed too: how it scales depends on how busy the machine's cores are.
 2. packed_vs_padded: non-padding tokens/s of the plain step with packed rows (2 rows of <= 512
@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from prime_ray.distributed.cluster import ensure_ray
-from prime_ray.distributed.train import StudentRun, step_plan, train_students
+from prime_ray.distributed.train import StudentRun, train_students
 from prime_ray.models.loading import load_model
 from prime_ray.paths import configure_environment
 from prime_ray.spec import ModelSpec, ResourcesSpec, TrainSpec
 from prime_ray.training.artifacts import read_metrics
-from prime_ray.training.collate import IGNORE_INDEX, TrainSequence, collate_rows
-from prime_ray.training.deepspeed_config import deepspeed_config, start_schedule
-from prime_ray.training.lora import attach_lora
-from prime_ray.training.step import train_step
+from prime_ray.training.collate import collate_rows
+from prime_ray.training.engine import EngineConfig, create_train_engine
+from prime_ray.training.plan import step_plan
+from prime_ray.training.sequences import IGNORE_INDEX, TrainSequence
 
 PAD = 0
 
@@ -72,22 +72,15 @@ def save_random_llama(directory: Path, hidden: int, layers: int, vocab: int) -> 
 
 
 class PlainRun:
-    """The plain step over a step plan, one call at a time: per-step non-padding tokens/s."""
+    """The plain-PyTorch engine over a step plan, one step at a time: per-step non-padding tokens/s."""
 
     def __init__(self, model_spec, sequences, train: TrainSpec, total_steps: int, world: int, packing: bool):
-        from deepspeed.runtime.lr_schedules import WarmupCosineLR
-
         self.train = train.model_copy(update={"packing": packing})
         self.sequences = sequences
         self.world = world
         self.plan = step_plan(sequences, self.train, world_size=world, max_steps=total_steps)
-        torch.manual_seed(train.seed)
-        model, _ = load_model(model_spec, dtype="float32")
-        self.model = attach_lora(model, train.lora)
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=train.lr)
-        params = deepspeed_config(self.train, total_steps=total_steps, bf16=False)["scheduler"]["params"]
-        self.scheduler = WarmupCosineLR(self.optimizer, **params)
-        start_schedule(self.scheduler)
+        self.engine = create_train_engine(EngineConfig(model=model_spec, train=self.train, total_steps=total_steps,
+                                                       think_weight=1.0, backend="torch"))
         self.step = self.tokens = self.padded_tokens = 0
 
     def run(self, steps: int) -> list[float]:
@@ -95,8 +88,7 @@ class PlainRun:
         for _ in range(steps):
             batches = [collate_rows(self.sequences, rows, pad_id=PAD, packed=self.train.packing)
                        for rank in range(self.world) for rows in self.plan.micro_batches(self.step, rank)]
-            stats = train_step(self.model, self.optimizer, batches, think_weight=1.0, grad_clip=self.train.grad_clip,
-                               scheduler=self.scheduler)
+            stats = self.engine.train_step(batches)
             rates.append(stats.tokens / stats.seconds)
             self.tokens += stats.tokens
             self.padded_tokens += stats.padded_tokens
@@ -136,7 +128,7 @@ def main() -> None:
     print(f"data: {len(sequences)} sequences, length mean {statistics.mean(lengths):.0f}, "
           f"min {min(lengths)}, max {max(lengths)}")
     train = TrainSpec(zero_stage=2, micro_batch_size=2, num_workers=2, num_cpus_per_worker=1, max_length=512,
-                      lr=1e-3, log_every_steps=1, checkpoint_every_steps=10**6, max_steps=args.steps * args.rounds + 1)
+                      learning_rate=1e-3, log_every_steps=1, checkpoint_every_steps=10**6, max_steps=args.steps * args.rounds + 1)
     with tempfile.TemporaryDirectory(prefix="prime-ray-bench-") as tmp:
         model_spec = save_random_llama(Path(tmp) / "model", args.hidden, args.layers, args.vocab)
         print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; LoRA r={train.lora.r}")
@@ -162,8 +154,8 @@ def main() -> None:
         print(f"plain step, packed (2 rows of <= 512 tokens per micro-batch, {runs['packed'].efficiency:.0%} real "
               f"tokens): {packed:,.0f} non-padding tokens/s")
 
-        # One Ray Train worker with grad_accum 2 runs exactly the plain step's plan on one core.
-        one = train.model_copy(update={"num_workers": 1, "grad_accum": 2})
+        # One Ray Train worker with 2 accumulation steps runs exactly the plain step's plan on one core.
+        one = train.model_copy(update={"num_workers": 1, "gradient_accumulation_steps": 2})
         ray_one = ray_tokens_per_s(model_spec, sequences, one, train.max_steps, Path(tmp) / "ray1")
         ray_two = ray_tokens_per_s(model_spec, sequences, train, train.max_steps, Path(tmp) / "ray2")
         before = statistics.median(rates["plain"])

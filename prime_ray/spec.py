@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -27,6 +28,7 @@ __all__ = [
     "config_hash",
     "PromptMode",
     "EvalMode",
+    "derive_seed",
 ]
 
 
@@ -53,7 +55,7 @@ class ModelSpec(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="`auto`: bfloat16 on GPU, float32 on CPU."
     )
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="Let transformers run the model repository's own code.")
 
 
 # ---------------------------------------------------------------------------------------- task
@@ -62,7 +64,7 @@ class ModelSpec(_Strict):
 class LabelTask(_Strict):
     """Pick one label from a fixed set (e.g. a movie's genre, a LaMP category)."""
 
-    kind: Literal["label"] = "label"
+    kind: Literal["label"] = Field("label", description="Task kind (the union's discriminator).")
     labels: list[str] = Field(..., min_length=2, description="The label set; answers are matched case-insensitively.")
 
     @field_validator("labels")
@@ -76,9 +78,9 @@ class LabelTask(_Strict):
 class RatingTask(_Strict):
     """Predict a number in a range (e.g. a 1–5 movie rating)."""
 
-    kind: Literal["rating"] = "rating"
-    min: float = 1.0
-    max: float = 5.0
+    kind: Literal["rating"] = Field("rating", description="Task kind (the union's discriminator).")
+    min: float = Field(1.0, description="Lowest rating; an unparsed answer costs the whole range.")
+    max: float = Field(5.0, description="Highest rating.")
     integer: bool = Field(True, description="Ratings are whole numbers; answers are rounded.")
     tolerance: float = Field(
         0.0, ge=0, description="A trace is verified when |answer − gold| ≤ tolerance."
@@ -94,14 +96,14 @@ class RatingTask(_Strict):
 class TextTask(_Strict):
     """Write free text (e.g. a LaMP headline). Traces are ranked by likelihood gain."""
 
-    kind: Literal["text"] = "text"
-    max_answer_tokens: int = Field(48, gt=0)
+    kind: Literal["text"] = Field("text", description="Task kind (the union's discriminator).")
+    max_answer_tokens: int = Field(48, gt=0, description="Tokens an answer may take when it is generated alone.")
 
 
 class RankingTask(_Strict):
     """Choose among the query's candidates (e.g. the persuasive reply of a thread)."""
 
-    kind: Literal["ranking"] = "ranking"
+    kind: Literal["ranking"] = Field("ranking", description="Task kind (the union's discriminator).")
     hit_k: list[int] = Field([1, 3], description="k values for Hit@k.")
 
     @field_validator("hit_k")
@@ -121,30 +123,30 @@ TaskSpec = Annotated[Union[LabelTask, RatingTask, TextTask, RankingTask], Field(
 class JsonlSource(_Strict):
     """prime-ray's native format: JSON Lines, one user per line."""
 
-    format: Literal["jsonl"] = "jsonl"
+    format: Literal["jsonl"] = Field("jsonl", description="Source format (the union's discriminator).")
     path: str = Field(..., description="A .jsonl file (or a URI); a relative path is relative to the spec file's folder.")
 
 
 class MovieLensSource(_Strict):
     """MovieLens-100K, read from `path` or, when it is not given, from the `recbole` wheel."""
 
-    format: Literal["movielens-100k"] = "movielens-100k"
+    format: Literal["movielens-100k"] = Field("movielens-100k", description="Source format (the union's discriminator).")
     path: str | None = Field(None, description="A directory holding ml-100k.{inter,item,user} (RecBole TSV).")
-    task: Literal["rating", "genre"] = "rating"
+    task: Literal["rating", "genre"] = Field("rating", description="Predict the user's rating, or the movie's genre.")
 
 
 class LampSource(_Strict):
     """A LaMP benchmark split: its questions JSON and outputs JSON."""
 
-    format: Literal["lamp"] = "lamp"
-    questions: str
-    outputs: str
+    format: Literal["lamp"] = Field("lamp", description="Source format (the union's discriminator).")
+    questions: str = Field(..., description="The split's questions JSON file.")
+    outputs: str = Field(..., description="The split's outputs (gold answers) JSON file.")
 
 
 class ThreadsSource(_Strict):
     """Conversation threads for ranking (Change-My-View-like): JSON Lines, one author per line."""
 
-    format: Literal["threads"] = "threads"
+    format: Literal["threads"] = Field("threads", description="Source format (the union's discriminator).")
     path: str = Field(..., description="A .jsonl file (or a URI); a relative path is relative to the spec file's folder.")
 
 
@@ -156,7 +158,7 @@ DataSource = Annotated[
 class PromptTemplates(_Strict):
     """Task wording. `{input}` is the query's input; the chat template wraps everything."""
 
-    system: str = "You are a personal assistant who knows this user well."
+    system: str = Field("You are a personal assistant who knows this user well.", description="The system message.")
     instruction: str = Field(
         "Predict this user's output for the input below.",
         description="What the model must do, as one sentence.",
@@ -182,10 +184,12 @@ class SplitSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    source: DataSource
-    task: TaskSpec
-    prompts: PromptTemplates = PromptTemplates()
-    split: SplitSpec = SplitSpec()
+    """Where the users come from, what is predicted for them, and how they are split."""
+
+    source: DataSource = Field(..., description="The data source; `format` picks the adapter.")
+    task: TaskSpec = Field(..., description="What is predicted; `kind` picks the task.")
+    prompts: PromptTemplates = Field(PromptTemplates(), description="Task wording of every prompt.")
+    split: SplitSpec = Field(SplitSpec(), description="How users and queries are held out.")
     max_users: int | None = Field(None, gt=0, description="Use at most this many users (chosen by seed).")
     max_history: int | None = Field(
         None, gt=0, description="Keep each user's latest n history items (older ones are dropped)."
@@ -199,13 +203,15 @@ class DataSpec(_Strict):
 
 
 class MemorySpec(_Strict):
+    """The user's memory: episodic (retrieved history items) and semantic (a profile G writes)."""
+
     retriever: Literal["bm25", "embedding", "recent"] = Field(
         "bm25", description="Episodic memory: BM25, embeddings (the `embed` extra), or the latest items."
     )
     top_k: int = Field(4, gt=0, description="History items retrieved per example.")
     profile: bool = Field(True, description="Write a semantic profile summary per user with the generalist.")
     profile_history_items: int = Field(20, gt=0, description="History items shown to G when it writes a profile.")
-    profile_max_new_tokens: int = Field(96, gt=0)
+    profile_max_new_tokens: int = Field(96, gt=0, description="Token budget of a profile.")
 
 
 # ------------------------------------------------------------------------------------ generalist
@@ -215,9 +221,9 @@ class GeneralistSpec(_Strict):
     """The Ray Serve deployment that hosts the frozen generalist."""
 
     backend: Literal["hf", "vllm"] = Field("hf", description="`hf`: transformers (CPU/GPU); `vllm`: the vllm extra.")
-    replicas: int = Field(1, gt=0)
-    num_cpus_per_replica: float = Field(1.0, gt=0)
-    num_gpus_per_replica: float = Field(0.0, ge=0)
+    replicas: int = Field(1, gt=0, description="Serve replicas of the generalist.")
+    num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica.")
+    num_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (fractions share one).")
     max_batch_size: int = Field(16, gt=0, description="`@serve.batch` max batch size.")
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="`@serve.batch` wait for a fuller batch.")
     max_concurrency: int = Field(
@@ -247,6 +253,8 @@ class GeneralistSpec(_Strict):
 
 
 class TraceFilters(_Strict):
+    """Which synthesized traces are kept for training."""
+
     answer_match: bool = Field(True, description="Drop traces whose final answer, without the hint, is wrong or missing.")
     answer_without_hint: bool = Field(
         False,
@@ -257,8 +265,8 @@ class TraceFilters(_Strict):
     max_repetition: float = Field(
         0.5, gt=0, le=1, description="Drop traces whose share of repeated 3-grams exceeds this."
     )
-    min_trace_words: int = Field(5, ge=0)
-    max_trace_words: int = Field(400, gt=0)
+    min_trace_words: int = Field(5, ge=0, description="Drop traces shorter than this many words.")
+    max_trace_words: int = Field(400, gt=0, description="Drop traces longer than this many words.")
     drop_if_direct_correct: bool = Field(
         False, description="Fast filter: skip examples G already answers right directly."
     )
@@ -266,10 +274,12 @@ class TraceFilters(_Strict):
 
 
 class TraceSpec(_Strict):
-    samples_per_example: int = Field(2, gt=0)
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(128, gt=0)
+    """Trace synthesis: G, shown the gold answer as a hint, writes the reasoning the student learns."""
+
+    samples_per_example: int = Field(2, gt=0, description="Traces sampled per training example.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature of the traces (0 is greedy).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass of the traces.")
+    max_new_tokens: int = Field(128, gt=0, description="Token budget of a trace and its answer.")
     direct_answer: bool = Field(True, description="Ask G for a direct answer too (kept as a statistic).")
     trace_opening: str = Field(
         "",
@@ -277,56 +287,94 @@ class TraceSpec(_Strict):
         description="Words each trace starts with, written into the think block before G continues (part of "
         "the trace). Small models stay on the user with an opening such as 'This user rated'.",
     )
-    filters: TraceFilters = TraceFilters()
+    filters: TraceFilters = Field(TraceFilters(), description="Which traces are kept.")
 
 
 # --------------------------------------------------------------------------------------- train
 
 
 class LoraSpec(_Strict):
-    r: int = Field(8, gt=0)
-    alpha: int = Field(16, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    """The student's PEFT LoRA adapters (the base weights stay frozen)."""
+
+    r: int = Field(8, gt=0, description="Rank of the adapters.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
     target_modules: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, description="Module names, or ['all-linear']."
     )
 
 
 class TrainSpec(_Strict):
-    lora: LoraSpec = LoraSpec()
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    offload_optimizer: bool = False
-    offload_params: bool = False
+    """Student training on Ray Train with DeepSpeed ZeRO. The loss of an optimizer step is each term's
+    token mean over all of the step's micro-batches and workers (docs/training.md)."""
+
+    lora: LoraSpec = Field(LoraSpec(), description="The adapters trained.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also parameters."
+    )
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer states in CPU memory (stage >= 1).")
+    offload_params: bool = Field(False, description="ZeRO-Infinity: parameters in CPU memory (stage 3).")
     think_weight: float = Field(
         1.0, ge=0, alias="lambda", description="λ in L = CE(y|direct) + λ·CE(trace⊕y|personal-think); 0 is fast thinking."
     )
     fast_thinking_baseline: bool = Field(
         False, description="Also train the λ = 0 student with the same code and budget, for the comparison."
     )
-    lr: float = Field(2e-4, gt=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    epochs: int = Field(1, gt=0)
+    learning_rate: float = Field(
+        2e-4, gt=0, description="Peak AdamW learning rate (reached after warmup, then cosine decay). "
+        "Formerly `lr` (still accepted, deprecated)."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the optimizer steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the adapter weights.")
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Clip the global L2 norm of the gradient to this (DeepSpeed `gradient_clipping`). "
+        "Formerly `grad_clip` (still accepted, deprecated)."
+    )
+    epochs: int = Field(1, gt=0, description="Passes over the training sequences (when `max_steps` is not set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    micro_batch_size: int = Field(4, gt=0, description="Examples per worker per forward.")
-    grad_accum: int = Field(1, gt=0)
+    micro_batch_size: int = Field(4, gt=0, description="Rows (sequences, or packed rows) per worker per forward.")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="Micro-batches per worker per optimizer step. Formerly `grad_accum` (still accepted, "
+        "deprecated)."
+    )
     max_length: int = Field(512, gt=0, description="Tokens per sequence; truncation never cuts the answer.")
     packing: bool = Field(False, description="Pack sequences into max_length budgets (no cross-attention).")
-    num_workers: int = Field(2, gt=0)
+    num_workers: int = Field(2, gt=0, description="Ray Train workers (data-parallel ranks).")
     num_cpus_per_worker: float = Field(
         1.0, gt=0, description="CPUs Ray reserves per training worker (fractions let workers share cores)."
     )
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="One GPU per worker, bf16; otherwise CPU, float32.")
     zero3_param_persistence_threshold: int | None = Field(
         None, ge=0, description="ZeRO-3: parameters smaller than this many elements stay whole on every "
         "worker (None: DeepSpeed's default); 0 partitions every parameter.",
     )
-    checkpoint_every_steps: int = Field(20, gt=0)
-    log_every_steps: int = Field(5, gt=0)
+    checkpoint_every_steps: int = Field(20, gt=0, description="Optimizer steps between checkpoints (for resuming).")
+    log_every_steps: int = Field(5, gt=0, description="Optimizer steps per metrics record.")
     max_failures: int = Field(2, ge=0, description="Worker failures survived by restarting from the last checkpoint.")
     merge_adapter: bool = Field(False, description="Also save the base model with the adapter merged in.")
-    seed: int = 0
+    seed: int = Field(
+        0, description="Training sub-seed: the data order and the LoRA initialization use "
+        "`derive_seed(seed, 'train', train.seed)`, so changing it re-draws only the training randomness."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        """Accept the old spellings (`lr`, `grad_clip`, `grad_accum`) with a DeprecationWarning."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in _RENAMED_TRAIN_FIELDS.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"train.{old} is the deprecated name of train.{new}: give only train.{new}")
+                warnings.warn(f"train.{old} is deprecated: use train.{new}", DeprecationWarning, stacklevel=2)
+                data[new] = data.pop(old)
+        return data
+
+
+# Deprecated TrainSpec names and the field's names (TRL / DeepSpeed) that replace them.
+_RENAMED_TRAIN_FIELDS = {"lr": "learning_rate", "grad_clip": "max_grad_norm", "grad_accum": "gradient_accumulation_steps"}
 
 
 # ---------------------------------------------------------------------------------------- eval
@@ -351,19 +399,28 @@ class EvalMode(str, Enum):
 
 
 class EvalSpec(_Strict):
-    modes: list[EvalMode] = Field(default_factory=lambda: list(EvalMode), min_length=1)
-    splits: list[Literal["test_query", "test_user"]] = ["test_query", "test_user"]
+    """Evaluation: every mode (a model and a prompt mode) on the held-out splits."""
+
+    modes: list[EvalMode] = Field(
+        default_factory=lambda: list(EvalMode), min_length=1, description="Modes to evaluate (default: all)."
+    )
+    splits: list[Literal["test_query", "test_user"]] = Field(
+        ["test_query", "test_user"],
+        description="`test_query`: training users' held-out queries; `test_user`: users never trained on.",
+    )
     max_examples: int | None = Field(None, gt=0, description="Per split, chosen by seed.")
-    max_new_tokens: int = Field(128, gt=0)
+    max_new_tokens: int = Field(128, gt=0, description="Token budget of an answer (with its reasoning).")
     temperature: float = Field(0.0, ge=0, description="0 is greedy decoding.")
     bootstrap_samples: int = Field(1000, ge=0, description="Resamples for 95 % intervals; 0 turns them off.")
-    sample_traces_per_mode: int = Field(3, ge=0)
+    sample_traces_per_mode: int = Field(3, ge=0, description="Example outputs per mode shown in the report.")
 
 
 # ----------------------------------------------------------------------------------- resources
 
 
 class ResourcesSpec(_Strict):
+    """The Ray cluster the job runs on."""
+
     ray_address: str | None = Field(None, description="A Ray cluster to join; None starts an embedded one.")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded Ray (None: all).")
     num_gpus: int | None = Field(None, ge=0, description="GPUs of the embedded Ray (None: all).")
@@ -398,15 +455,18 @@ class JobSpec(_Strict):
         ..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Job name; the artifacts go under `artifact_root/name`.",
     )
-    seed: int = 0
-    model: ModelSpec = ModelSpec()
-    data: DataSpec
-    memory: MemorySpec = MemorySpec()
-    generalist: GeneralistSpec = GeneralistSpec()
-    traces: TraceSpec = TraceSpec()
-    train: TrainSpec = TrainSpec()
-    eval: EvalSpec = EvalSpec()
-    resources: ResourcesSpec = ResourcesSpec()
+    seed: int = Field(
+        0, description="The job's base seed: every random stream is `derive_seed(seed, <stream name>)` "
+        "(user and example choices, trace samples, eval subsets; training also mixes in `train.seed`)."
+    )
+    model: ModelSpec = Field(ModelSpec(), description="The generalist G; the student is G plus LoRA.")
+    data: DataSpec = Field(..., description="Users, task and split.")
+    memory: MemorySpec = Field(MemorySpec(), description="How each example's memory is built.")
+    generalist: GeneralistSpec = Field(GeneralistSpec(), description="How G is served.")
+    traces: TraceSpec = Field(TraceSpec(), description="How traces are synthesized and filtered.")
+    train: TrainSpec = Field(TrainSpec(), description="How the students are trained.")
+    eval: EvalSpec = Field(EvalSpec(), description="How the models are evaluated.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="Where the job runs.")
     artifact_root: str = Field(
         "artifacts", description="A local directory or a pyarrow filesystem URI (s3://, gs://, ...). A relative "
         "directory, like every relative path in a spec file, is relative to the spec file's folder."
@@ -554,3 +614,15 @@ def config_hash(value: Any) -> str:
     """A short, stable hash of any JSON-able value (sorted keys)."""
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def derive_seed(base: int, *labels: object) -> int:
+    """The seed of one named random stream: `base` (the job's `seed`) and labels naming the stream.
+
+    Every sub-seed of a job comes from here (`derive_seed(seed, "split")`, `derive_seed(seed, "traces", s)`,
+    ...), so streams are independent of each other and changing one knob re-draws only its own stream.
+    Returns an int in [0, 2**31): the first bytes of SHA-256 over `base` and the labels joined by ':',
+    small enough for every consumer (random, numpy, torch, vLLM).
+    """
+    key = ":".join(str(part) for part in (base, *labels))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF

@@ -87,3 +87,37 @@ def test_cli_schema_and_validate(tmp_path):
     assert "train.lora.r: must be > 0" in out.stderr
     assert "train.epochs: must be > 0" in out.stderr
     assert "data.task: max (1.0) must be greater than min (5.0)" in out.stderr
+
+
+def test_old_train_names_are_deprecated_aliases_of_the_fields_names():
+    doc = {**MINIMAL, "train": {"lr": 3e-4, "grad_clip": 0.5, "grad_accum": 4}}
+    with pytest.warns(DeprecationWarning, match="train.lr is deprecated: use train.learning_rate"):
+        spec = parse_spec(doc)
+    assert (spec.train.learning_rate, spec.train.max_grad_norm, spec.train.gradient_accumulation_steps) == (3e-4, 0.5, 4)
+    dumped = spec.model_dump(by_alias=True)["train"]
+    assert "learning_rate" in dumped and "lr" not in dumped  # the spec is written back in the new names
+    with pytest.raises(SpecError) as info:
+        parse_spec({**MINIMAL, "train": {"lr": 1e-4, "learning_rate": 2e-4}})
+    assert [(p.path, p.message) for p in info.value.problems] == [
+        ("train", "train.lr is the deprecated name of train.learning_rate: give only train.learning_rate")]
+
+
+def test_derive_seed_names_independent_streams():
+    from prime_ray.spec import derive_seed
+
+    assert derive_seed(0, "split") == derive_seed(0, "split")
+    seeds = {derive_seed(base, *labels) for base in (0, 1) for labels in [("split",), ("users",), ("traces", 0),
+                                                                          ("traces", 1), ("train", 0)]}
+    assert len(seeds) == 10 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_every_section_and_field_is_described_in_the_schema():
+    schema = spec_json_schema()
+    missing = []
+    for name, definition in {"JobSpec": schema, **schema["$defs"]}.items():
+        if "properties" not in definition:
+            continue  # enums
+        if not definition.get("description"):
+            missing.append(name)
+        missing += [f"{name}.{field}" for field, prop in definition["properties"].items() if not prop.get("description")]
+    assert missing == []

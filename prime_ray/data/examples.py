@@ -12,7 +12,7 @@
 4. Held-out users give only `test_user` examples (their queries, whole history as memory): the
    student never trains on them.
 
-Every random choice has its own stream (`random.Random(f"{seed}:<what>")`), so changing one knob
+Every random choice has its own stream (`random.Random(derive_seed(seed, "<what>"))`), so changing one knob
 does not reshuffle the others, and user ids are sorted before any choice, so the file's row order
 does not matter.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from prime_ray.data.schema import Example, Item, UserRecord
-from prime_ray.spec import DataSpec
+from prime_ray.spec import DataSpec, derive_seed
 
 Role = Literal["train", "test_user"]
 
@@ -71,14 +71,14 @@ def held_out_count(users: int, share: float) -> int:
 def build_examples(users: Sequence[UserRecord], data: DataSpec, seed: int) -> ExampleSet:
     ids = sorted(user.user_id for user in users)
     if data.max_users is not None and len(ids) > data.max_users:
-        ids = sorted(random.Random(f"{seed}:users").sample(ids, data.max_users))
+        ids = sorted(random.Random(derive_seed(seed, "users")).sample(ids, data.max_users))
     kept = set(ids)
     chosen = [user for user in users if user.user_id in kept]
     if data.max_history is not None:
         chosen = [user.model_copy(update={"history": latest(user.history, data.max_history)}) for user in chosen]
 
     shuffled = list(ids)
-    random.Random(f"{seed}:split").shuffle(shuffled)
+    random.Random(derive_seed(seed, "split")).shuffle(shuffled)
     held_out = set(shuffled[: held_out_count(len(shuffled), data.split.held_out_users)])
     roles: dict[str, Role] = {user.user_id: "test_user" if user.user_id in held_out else "train" for user in chosen}
 
@@ -91,7 +91,7 @@ def build_examples(users: Sequence[UserRecord], data: DataSpec, seed: int) -> Ex
         positions = range(len(user.history))
         limit = data.max_train_examples_per_user
         if limit is not None and len(positions) > limit:
-            positions = sorted(random.Random(f"{seed}:train:{user.user_id}").sample(positions, limit))
+            positions = sorted(random.Random(derive_seed(seed, "train", user.user_id)).sample(positions, limit))
         for i in positions:
             memory = history_ids[:i] + history_ids[i + 1:]
             examples.append(_example(user, user.history[i], "train", memory))

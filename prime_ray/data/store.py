@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prime_ray.data.schema import Example, UserRecord
+from prime_ray.files import atomic_path
 
 ITEM = pa.struct([
     ("id", pa.string()),
@@ -45,11 +46,8 @@ EXAMPLES_SCHEMA = pa.schema([
 
 
 def _write(path: str | Path, rows: Iterable[dict], schema: pa.Schema) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), tmp)
-    tmp.replace(path)  # a reader never sees half a file
+    with atomic_path(path) as tmp:  # a reader never sees half a file
+        pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), tmp)
 
 
 def write_users(path: str | Path, users: list[UserRecord], roles: dict[str, str]) -> None:

@@ -31,7 +31,6 @@ import inspect
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -41,6 +40,7 @@ from pydantic import BaseModel
 
 from prime_ray.distributed.serve import GeneralistHandle, start_generalist, stop_generalist
 from prime_ray.spec import JobSpec
+from prime_ray.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ def part_path(parts_dir: Path, user_id: str) -> Path:
 def write_part(parts_dir: Path, user_id: str, rows: list[dict]) -> Path:
     """Write atomically: a crash mid-write leaves no part, so the user is simply redone."""
     path = part_path(parts_dir, user_id)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"user_id": user_id, "row": row}) + "\n" for row in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps({"user_id": user_id, "row": row}) + "\n" for row in rows))
     return path
 
 

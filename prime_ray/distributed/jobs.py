@@ -113,6 +113,3 @@ class RayJobs:
 
     def logs(self, submission_id: str) -> str:
         return self._call("get_job_logs", submission_id)
-
-    def submission_ids(self) -> list[str]:
-        return [job.submission_id for job in self._call("list_jobs") if job.submission_id]

@@ -7,6 +7,7 @@ Backends register themselves in ENGINES under a name (`hf`, `vllm`).
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -54,6 +55,8 @@ def require_tokens(encoded: list[list[int]]) -> None:
 
 
 ENGINES: dict[str, Callable[..., GenerationEngine]] = {}
+# The modules that register the built-in backends, imported on first use.
+BUILTIN_BACKENDS = {"hf": "prime_ray.engine.hf", "vllm": "prime_ray.engine.vllm"}
 
 
 def register_engine(name: str):
@@ -72,11 +75,13 @@ def create_engine(
     adapter_path: str | None = None,
     max_batch_size: int = 16,
 ) -> GenerationEngine:
-    """Build an engine for `model`, optionally with a PEFT LoRA adapter applied (a trained student)."""
-    if backend == "hf":
-        import prime_ray.engine.hf  # noqa: F401  (registers the backend)
-    elif backend == "vllm":
-        import prime_ray.engine.vllm  # noqa: F401  (registers the backend)
+    """Build an engine for `model`, optionally with a PEFT LoRA adapter applied (a trained student).
+
+    Raises ValueError for a backend that is neither registered nor a built-in one.
+    """
+    if backend not in ENGINES and backend in BUILTIN_BACKENDS:
+        importlib.import_module(BUILTIN_BACKENDS[backend])  # registers it (imported late: vllm is an extra)
     if backend not in ENGINES:
-        raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(sorted(ENGINES)) or 'none'}")
+        known = sorted(set(ENGINES) | set(BUILTIN_BACKENDS))
+        raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(known)}")
     return ENGINES[backend](model=model, device=device, adapter_path=adapter_path, max_batch_size=max_batch_size)

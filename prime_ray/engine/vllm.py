@@ -1,8 +1,8 @@
 """The vLLM backend (the `vllm` extra, GPU): the same interface as the transformers backend.
 
 Mapping to the shared semantics:
-- sampling: temperature 0 is greedy; `top_k` is off (vLLM's default); each request gets the seed `seed + index`, so
-  repeated prompts in one call give different samples (as in the transformers backend) and the same
+- sampling: temperature 0 is greedy; `top_k` is off (vLLM's default); each request gets the seed
+  `derive_seed(seed, index)`, so repeated prompts in one call give different samples (as in the transformers backend) and the same
   seed and prompts give the same texts;
 - stop strings are kept in the text (`include_stop_str_in_output`), as the transformers backend does;
 - scoring feeds prompt + continuation token ids and sums the continuation's prompt log-probabilities;
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
 from prime_ray.models.loading import load_tokenizer, resolve_model_path
-from prime_ray.spec import ModelSpec
+from prime_ray.spec import ModelSpec, derive_seed
 
 __all__ = ["VLLMEngine"]
 
@@ -84,7 +84,7 @@ class VLLMEngine(GenerationEngine):
                 max_tokens=params.max_new_tokens,
                 temperature=params.temperature,
                 top_p=params.top_p,
-                seed=None if params.seed is None else params.seed + index,
+                seed=None if params.seed is None else derive_seed(params.seed, index),
                 stop=list(params.stop) or None,
                 include_stop_str_in_output=True,
             )

@@ -24,7 +24,7 @@ from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory
 from prime_ray.models.parser import parse_output
 from prime_ray.models.prompts import ANSWER_PREFIX, completion_text, render_prompt
-from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec
+from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, derive_seed
 
 
 # Each mode is a model (None: the generalist; else the student whose adapter it loads) and a prompt mode.
@@ -102,7 +102,7 @@ def select_examples(examples: list[Example], splits: Sequence[str], max_examples
     for split in splits:
         pool = sorted((e for e in examples if e.split == split), key=lambda e: e.example_id)
         if max_examples is not None and len(pool) > max_examples:
-            pool = sorted(random.Random(f"{seed}/{split}").sample(pool, max_examples), key=lambda e: e.example_id)
+            pool = sorted(random.Random(derive_seed(seed, "eval", split)).sample(pool, max_examples), key=lambda e: e.example_id)
         chosen[split] = pool
     return chosen
 

@@ -7,7 +7,7 @@ are cached per user in the memory table (every example of a user shares it).
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,9 @@ from prime_ray.data.schema import Item, UserRecord
 from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.models.prompts import render_profile_prompt
 from prime_ray.spec import MemorySpec, ModelSpec, PromptTemplates
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class Generalist(Protocol):
@@ -38,7 +41,7 @@ def profile_params(memory: MemorySpec, seed: int) -> SamplingParams:
     return SamplingParams(max_new_tokens=memory.profile_max_new_tokens, temperature=0.0, seed=seed)
 
 
-def profile_prompt(tokenizer, user: UserRecord, templates: PromptTemplates, memory: MemorySpec) -> str:
+def profile_prompt(tokenizer: PreTrainedTokenizerBase, user: UserRecord, templates: PromptTemplates, memory: MemorySpec) -> str:
     return render_profile_prompt(
         tokenizer,
         templates=templates,

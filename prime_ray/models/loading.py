@@ -21,9 +21,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prime_ray.paths import cache_dir
 from prime_ray.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "PACKAGED_MODELS",
@@ -251,7 +255,7 @@ def _hub_kwargs(spec: ModelSpec, path: str) -> dict:
     return kwargs
 
 
-def load_tokenizer(spec: ModelSpec):
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The tokenizer of `spec`, with a chat template and a pad token set."""
     from transformers import AutoTokenizer
 
@@ -264,7 +268,9 @@ def load_tokenizer(spec: ModelSpec):
     return tokenizer
 
 
-def load_model(spec: ModelSpec, *, device: str = "cpu", dtype: str | None = None):
+def load_model(
+    spec: ModelSpec, *, device: str = "cpu", dtype: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for `spec` on `device`, in eval mode. `dtype` overrides `spec.dtype`."""
     from transformers import AutoModelForCausalLM
 

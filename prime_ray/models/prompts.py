@@ -16,10 +16,13 @@ small context.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prime_ray.data.schema import Item
 from prime_ray.spec import PromptMode, PromptTemplates, TaskSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "ANSWER_PREFIX",
@@ -77,13 +80,13 @@ def _episodes_block(episodes: Sequence[Item], limit: int) -> str:
     return "This user's past items (input -> their output):\n" + "\n".join(lines)
 
 
-def _chat(tokenizer, system: str, user: str) -> str:
+def _chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> str:
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render_prompt(
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     mode: PromptMode,
     *,
     task: TaskSpec,
@@ -129,7 +132,7 @@ def render_prompt(
 
 
 def render_profile_prompt(
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     templates: PromptTemplates,
     history: Sequence[Item],

@@ -7,12 +7,13 @@ local or shared POSIX filesystem); the CLI and the gateway read it to show progr
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, Field
+
+from prime_ray.files import append_line
 
 EventKind = Literal[
     "job_started",
@@ -50,13 +51,7 @@ class EventLog:
 
     def emit(self, kind: EventKind, stage: str | None = None, **fields: Any) -> Event:
         event = Event(kind=kind, stage=stage, **fields)
-        line = event.model_dump_json() + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        append_line(self.path, event.model_dump_json())
         if self.listener is not None:
             self.listener(event)
         return event

@@ -7,12 +7,12 @@ has none, and runs again.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from prime_ray.files import atomic_write
 from prime_ray.paths import file_digest
 from prime_ray.pipeline.artifacts import MANIFEST_FILE
 from prime_ray.spec import config_hash
@@ -62,9 +62,7 @@ def read_manifest(stage_dir: Path) -> Manifest | None:
 
 
 def write_manifest(stage_dir: Path, manifest: Manifest) -> None:
-    tmp = stage_dir / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2))
-    os.replace(tmp, stage_dir / MANIFEST_FILE)
+    atomic_write(stage_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2))
 
 
 def outputs_intact(stage_dir: Path, manifest: Manifest) -> bool:

@@ -139,7 +139,7 @@ def run_job(
     """
     from prime_ray.paths import configure_environment
 
-    order = [name for name in stage_order(spec.stages) if STAGES[name]().enabled(spec)]
+    order = stage_order(spec.stages)
     unknown = sorted(set(force) - set(order))
     if unknown:
         raise ValueError(f"no stage {', '.join(map(repr, unknown))} in this job to force; its stages: {', '.join(order)}")
@@ -263,7 +263,7 @@ def _run_stage(stage, spec, artifacts, events, digests, ray_session, signals, fo
     started = time.time()
     try:
         outcome = stage.run(ctx)
-        outputs = output_digests(stage_dir, stage.outputs)
+        outputs = output_digests(stage_dir, stage.outputs_for(spec))
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - every failure is reported with its stage

@@ -38,6 +38,7 @@ class Stage(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     needs_ray: ClassVar[bool] = True
     # Output files (relative to the stage folder) whose digests go into the manifest; folders are walked.
+    # A stage whose outputs depend on the spec overrides `outputs_for`.
     outputs: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
@@ -48,8 +49,9 @@ class Stage(abc.ABC):
     def run(self, ctx: StageContext) -> StageResult:
         """Write the stage's outputs under ctx.out_dir."""
 
-    def enabled(self, spec: JobSpec) -> bool:
-        return True
+    def outputs_for(self, spec: JobSpec) -> tuple[str, ...]:
+        """The outputs this stage writes for `spec` (default: the declared `outputs`)."""
+        return self.outputs
 
 
 STAGES: dict[str, type[Stage]] = {}

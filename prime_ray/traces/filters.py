@@ -1,15 +1,16 @@
 """The verification filters for synthesized traces, as pure functions with one verdict each.
 
-A verdict is True when the trace passes. Every verdict is computed for every trace and stored, so the
-statistics can say how many traces each filter removed; `keep` then applies the ones the spec turns on.
+A verdict is named for what True means, and True is a pass. Every verdict is computed for every trace
+and stored, so the statistics can say how many traces each filter removed; `keep` then applies the
+ones the spec turns on.
 
-    parsed       the output has a reasoning block and an answer the parser reads
-    answer_match the trace's final answer is the gold one (labels, ratings, candidates); optionally
-                 also the answer G reaches from the trace without the hint
-    leaked_hint  the trace does not say that the answer was given, nor open by stating it
-    repetition   the share of repeated word 3-grams is at most `max_repetition` (degenerate loops)
-    length       the trace has between `min_trace_words` and `max_trace_words` words
-    gain         free text: log p(y | x, trace) − log p(y | x) > 0 and among the best `text_keep_top`
+    parsed           the output has a reasoning block and an answer the parser reads
+    answer_match     the trace's final answer is the gold one (labels, ratings, candidates); optionally
+                     also the answer G reaches from the trace without the hint
+    hint_not_leaked  the trace does not say that the answer was given, nor open by stating it
+    low_repetition   the share of repeated word 3-grams is at most `max_repetition` (no degenerate loop)
+    length_in_range  the trace has between `min_trace_words` and `max_trace_words` words
+    top_gain         free text: log p(y | x, trace) − log p(y | x) > 0 and among the best `text_keep_top`
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prime_ray.evaluation import metrics
 from prime_ray.evaluation.metrics import words
 from prime_ray.spec import TaskSpec, TraceFilters
 
-FILTERS = ("parsed", "answer_match", "leaked_hint", "repetition", "length", "gain")
+FILTERS = ("parsed", "answer_match", "hint_not_leaked", "low_repetition", "length_in_range", "top_gain")
 
 # Phrases with which a rationalization gives away that it was handed the answer.
 _LEAK_PATTERNS = [
@@ -85,20 +86,20 @@ def verdicts(
     gold: str,
     filters: TraceFilters,
 ) -> dict[str, bool]:
-    """The verdicts that need no ranking against sibling traces (all but `gain`).
+    """The verdicts that need no ranking against sibling traces (all but `top_gain`).
 
     `trace` is None when the output could not be parsed; `answer_ok` is whether the trace's answer is
     right (None when there is no exact answer to check, e.g. free text).
     """
     if trace is None:
-        return {"parsed": False, "answer_match": False, "leaked_hint": False, "repetition": False, "length": False}
+        return {"parsed": False, "answer_match": False, "hint_not_leaked": False, "low_repetition": False, "length_in_range": False}
     count = len(words(trace))
     return {
         "parsed": True,
         "answer_match": bool(answer_ok),
-        "leaked_hint": not leaks_hint(trace, gold),
-        "repetition": repetition_rate(trace) <= filters.max_repetition,
-        "length": filters.min_trace_words <= count <= filters.max_trace_words,
+        "hint_not_leaked": not leaks_hint(trace, gold),
+        "low_repetition": repetition_rate(trace) <= filters.max_repetition,
+        "length_in_range": filters.min_trace_words <= count <= filters.max_trace_words,
     }
 
 
@@ -108,10 +109,10 @@ def applied_filters(task: TaskSpec, filters: TraceFilters) -> tuple[str, ...]:
     on = {
         "parsed": True,
         "answer_match": exact and filters.answer_match,
-        "leaked_hint": filters.leaked_hint,
-        "repetition": True,
-        "length": True,
-        "gain": not exact,
+        "hint_not_leaked": filters.leaked_hint,
+        "low_repetition": True,
+        "length_in_range": True,
+        "top_gain": not exact,
     }
     return tuple(name for name in FILTERS if on[name])
 

@@ -1,10 +1,10 @@
 """Trace synthesis for one user's training examples (plain compute: G is any engine or Serve handle).
 
-Per example, in this order (DESIGN.md §2, steps 2–5):
+Per example, in this order:
 1. direct answer by G (greedy): a statistic, and optionally a fast filter (`drop_if_direct_correct`);
 2. rationalization: G sees the input, the user's memory and the gold answer as a hint, and writes the
-   reasoning; `samples_per_example` samples (sample s is seeded `seed + s`, so a sample index has
-   the same params for every example and the deployment batches them together). The generation is
+   reasoning; `samples_per_example` samples (sample s is seeded `derive_seed(seed, "traces", s)`, so a
+   sample index has the same params for every example and the deployment batches them together). The generation is
    started inside the think block (`<think>\\n` and the spec's `trace_opening` end the prompt), which
    small models need to follow the format;
 3. verification: the trace's final answer must be the gold one. The answer is the one written after
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,8 +34,11 @@ from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.memory.profiles import Generalist
 from prime_ray.models.parser import is_correct, parse_output
 from prime_ray.models.prompts import THINK_OPEN, completion_text, render_prompt
-from prime_ray.spec import JobSpec, PromptMode, TaskSpec
+from prime_ray.spec import JobSpec, PromptMode, TaskSpec, derive_seed
 from prime_ray.traces import filters as F
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,7 +109,8 @@ class TraceSynthesizer:
     config_type = SynthesisConfig
     required_keys = ("example", "memory")
 
-    def __init__(self, generalist: Generalist, config: SynthesisConfig, tokenizer=None):
+    def __init__(self, generalist: Generalist, config: SynthesisConfig,
+                 tokenizer: PreTrainedTokenizerBase | None = None):
         self.g = generalist
         self.spec = config.spec
         self.config_hash = config.config_hash
@@ -161,7 +165,7 @@ class TraceSynthesizer:
                 max_new_tokens=self.traces.max_new_tokens,
                 temperature=self.traces.temperature,
                 top_p=self.traces.top_p,
-                seed=self.spec.seed + s,
+                seed=derive_seed(self.spec.seed, "traces", s),
             )
             for w, gen in zip(works, self._generate(works, lambda w: w.hinted_prompt + self._opening(), params)):
                 w.samples.append(self._sample(w, s, gen))
@@ -240,14 +244,14 @@ class TraceSynthesizer:
             readable = s["trace"] if s["answer"] is not None else None  # a trace without an answer is unparseable
             s["verdicts"] = F.verdicts(trace=readable, answer_ok=self._answer_ok(s, gold), gold=gold,
                                        filters=self.filters)
-            s["verdicts"]["gain"] = s.get("gain") is not None and s["gain"] > 0
+            s["verdicts"]["top_gain"] = s.get("gain") is not None and s["gain"] > 0
         judged = [s for s in w.samples if s["verdicts"] is not None]
         if self.task.kind == "text":
-            eligible = [all(s["verdicts"][n] for n in F.applied_filters(self.task, self.filters) if n != "gain")
+            eligible = [all(s["verdicts"][n] for n in F.applied_filters(self.task, self.filters) if n != "top_gain")
                         for s in judged]
             top = F.rank_by_gain([s.get("gain") for s in judged], eligible, self.filters.text_keep_top)
             for s, best in zip(judged, top):
-                s["verdicts"]["gain"] = best
+                s["verdicts"]["top_gain"] = best
         for s in judged:
             s["kept"] = F.keep(s["verdicts"], self.task, self.filters)
 

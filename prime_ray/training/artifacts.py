@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
+
+from prime_ray.files import append_line, atomic_write
 
 Student = Literal["prime", "fast"]
 STUDENTS: tuple[Student, ...] = ("prime", "fast")
@@ -38,12 +39,7 @@ def merged_dir(train_dir: Path, student: Student) -> Path:
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """One JSON line, appended in one write (safe next to concurrent appends of other lines)."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_line(path, json.dumps(record, sort_keys=True))
 
 
 def read_metrics(path: Path, student: Student | None = None) -> list[dict[str, Any]]:
@@ -58,6 +54,4 @@ def rewind_metrics(path: Path, student: Student, step: int) -> None:
     if not Path(path).exists():
         return
     kept = [r for r in read_metrics(path) if r.get("student") != student or r["step"] <= step]
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

@@ -35,8 +35,8 @@ def deepspeed_config(train: TrainSpec, *, total_steps: int, bf16: bool) -> dict[
         zero["stage3_param_persistence_threshold"] = train.zero3_param_persistence_threshold
     return {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.grad_accum,
-        "gradient_clipping": train.grad_clip,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "gradient_clipping": train.max_grad_norm,
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": False},
         "zero_optimization": zero,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel
 
 from prime_ray.spec import LoraSpec, ModelSpec
 
@@ -21,8 +22,9 @@ def lora_config(spec: LoraSpec) -> LoraConfig:
     )
 
 
-def attach_lora(model, spec: LoraSpec):
-    """`model` wrapped as a PeftModel whose only trainable parameters are the adapters."""
+def attach_lora(model: PreTrainedModel, spec: LoraSpec) -> PeftModel:
+    """`model` wrapped as a PeftModel whose only trainable parameters are the adapters (initialized
+    from torch's global RNG: seed it first for reproducible adapters)."""
     model.config.use_cache = False
     return get_peft_model(model, lora_config(spec))
 

@@ -8,7 +8,11 @@ steps), and the train stage with ZeRO-2, packing, the fast-thinking baseline and
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,10 +29,10 @@ from prime_ray.pipeline.manifest import output_digests
 from prime_ray.pipeline.stage import StageContext
 from prime_ray.spec import ModelSpec, TrainSpec, parse_spec
 from prime_ray.training.artifacts import adapter_dir, merged_dir, read_metrics
-from prime_ray.training.collate import IGNORE_INDEX, TrainSequence, collate_rows
-from prime_ray.training.deepspeed_config import deepspeed_config, start_schedule
-from prime_ray.training.lora import attach_lora
-from prime_ray.training.step import train_step
+from prime_ray.training.collate import collate_rows
+from prime_ray.training.engine import EngineConfig, create_train_engine
+from prime_ray.training.plan import step_plan
+from prime_ray.training.sequences import IGNORE_INDEX, TrainSequence
 from prime_ray.traces.store import write_traces
 
 pytestmark = pytest.mark.ray
@@ -51,35 +55,50 @@ def _pattern_sequences(n: int) -> list[TrainSequence]:
 
 
 def _plain_reference(sequences, train: TrainSpec, total_steps: int, world: int, think_weight: float):
-    """The same steps in one process with plain PyTorch: each step averages the workers' micro-batches."""
-    from deepspeed.runtime.lr_schedules import WarmupCosineLR
-
-    from prime_ray.distributed.train import step_plan
-
+    """The same steps in one process with the plain-PyTorch engine: every worker's micro-batches of a
+    step in one step (the loss is the step's global token mean either way)."""
     plan = step_plan(sequences, train, world_size=world, max_steps=total_steps)
-    torch.manual_seed(train.seed)
-    model, _ = load_model(TINY, dtype="float32")
-    model = attach_lora(model, train.lora)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                                  weight_decay=train.weight_decay)
-    scheduler = WarmupCosineLR(optimizer, **deepspeed_config(train, total_steps=total_steps, bf16=False)["scheduler"]["params"])
-    start_schedule(scheduler)
+    engine = create_train_engine(EngineConfig(model=TINY, train=train, total_steps=total_steps,
+                                              think_weight=think_weight, backend="torch"))
     for step in range(total_steps):
         batches = [collate_rows(sequences, rows, pad_id=0, packed=train.packing)
                    for rank in range(world) for rows in plan.micro_batches(step, rank)]
-        train_step(model, optimizer, batches, think_weight=think_weight, grad_clip=train.grad_clip, scheduler=scheduler)
-    return model
+        engine.train_step(batches)
+    return engine.module
+
+
+class CrashOnce:
+    """Fault injection: the last worker kills its own process after the last student's first
+    checkpoint is registered, once (the marker file records it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __call__(self, event) -> None:
+        from prime_ray.distributed.train import wait_until_registered
+
+        if event.student_index != event.students - 1 or event.rank != event.world_size - 1 or self.marker.exists():
+            return
+        wait_until_registered(event.checkpoint_dir_name)
+        self.marker.write_text(event.checkpoint_dir_name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Ray Train workers cannot import this test module by name: send the hook by value.
+import ray.cloudpickle  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_zero3_run_survives_a_killed_worker_and_matches_uninterrupted_runs(ray_local, tmp_path):
     """Two students in one run; a worker is killed after the second student's step-4 checkpoint."""
     from peft import get_peft_model_state_dict
 
-    from prime_ray.distributed.train import StudentRun, step_plan, train_students
+    from prime_ray.distributed.train import StudentRun, train_students
 
     sequences = _pattern_sequences(64)
     direct_only = [s for s in sequences if s.term == "direct"]
-    train = TrainSpec(zero_stage=3, zero3_param_persistence_threshold=0, lr=5e-2, micro_batch_size=4, num_workers=2,
+    train = TrainSpec(zero_stage=3, zero3_param_persistence_threshold=0, learning_rate=5e-2, micro_batch_size=4, num_workers=2,
                       num_cpus_per_worker=1, max_steps=8, checkpoint_every_steps=4, log_every_steps=2, max_failures=1)
     total = step_plan(sequences, train, world_size=2, max_steps=train.max_steps).total_steps
     events = EventLog(tmp_path / "events.jsonl")
@@ -87,7 +106,7 @@ def test_zero3_run_survives_a_killed_worker_and_matches_uninterrupted_runs(ray_l
     trained = train_students(
         [StudentRun("prime", 1.0, sequences), StudentRun("fast", 0.0, direct_only)], model=TINY, train=train,
         total_steps=total, pad_id=0, train_dir=tmp_path, metrics_path=tmp_path / "metrics.jsonl",
-        progress=events.for_stage("train"), crash_once_marker=str(marker),
+        progress=events.for_stage("train"), after_checkpoint=CrashOnce(marker),
     )
 
     # A worker process was killed after the fast student's step-4 checkpoint; the run resumed from it,
@@ -157,7 +176,7 @@ def test_train_stage_trains_prime_and_fast_students_with_zero2_and_packing(ray_l
         "data": {"source": {"format": "jsonl", "path": "u.jsonl"}, "task": {"kind": "rating"}},
         "train": {"zero_stage": 2, "lambda": 0.5, "fast_thinking_baseline": True, "merge_adapter": True,
                   "packing": True, "max_length": 320, "micro_batch_size": 1, "num_workers": 2,
-                  "num_cpus_per_worker": 1, "lr": 3e-2, "epochs": 1, "log_every_steps": 1,
+                  "num_cpus_per_worker": 1, "learning_rate": 3e-2, "epochs": 1, "log_every_steps": 1,
                   "checkpoint_every_steps": 4, "lora": {"r": 4, "alpha": 8}},
     })
     n_examples, n_traces = _write_stage_inputs(tmp_path / "inputs")
@@ -189,7 +208,7 @@ def test_train_stage_trains_prime_and_fast_students_with_zero2_and_packing(ray_l
         assert config["r"] == 4 and config["peft_type"] == "LORA"
         assert (merged_dir(out, student) / "config.json").is_file()
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    digests = output_digests(out, stage.outputs)
+    digests = output_digests(out, stage.outputs_for(spec))
     assert any(k.startswith("fast/adapter/") for k in digests) and any(k.startswith("prime/merged/") for k in digests)
     progress = [e for _, e in read_events(artifacts.events_path) if e.kind == "progress"]
     assert progress[-1].done == progress[-1].total == 2 * steps

@@ -38,7 +38,7 @@ def _spec(root: Path):
         "generalist": {"max_batch_size": 16, "max_concurrency": 1, "num_cpus_per_replica": 1},
         "traces": {"samples_per_example": 1, "max_new_tokens": 16},
         # A large learning rate: two steps must move the adapters enough to change greedy answers.
-        "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 2, "lr": 0.05,
+        "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 2, "learning_rate": 0.05,
                   "micro_batch_size": 2, "max_length": 256, "fast_thinking_baseline": True,
                   "log_every_steps": 1, "checkpoint_every_steps": 2},
         "eval": {"max_new_tokens": 16, "bootstrap_samples": 100, "sample_traces_per_mode": 1},

@@ -165,7 +165,7 @@ def test_adapter_changes_the_outputs(tmp_path, prompts):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown generation backend 'nope'"):
+    with pytest.raises(ValueError, match="unknown generation backend 'nope'; known: hf, vllm"):
         create_engine(TINY, backend="nope")
 
 

@@ -1,5 +1,5 @@
 """The eval stage's pieces that need no cluster: example selection, outcomes, ranking by scores,
-and the example specs. (The stage itself runs on Ray in tests/test_end_to_end.py.)"""
+and the example specs. (The stage itself runs on Ray in tests/e2e/test_end_to_end.py.)"""
 
 from pathlib import Path
 

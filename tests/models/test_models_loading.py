@@ -1,6 +1,6 @@
 """Model loading: the tiny test model, path resolution, the packaged SmolLM2 wheel's error path.
 
-Loading SmolLM2 itself is tested through the engine (tests/test_engine_hf.py).
+Loading SmolLM2 itself is tested through the engine (tests/engine/test_engine_hf.py).
 """
 
 from __future__ import annotations

@@ -102,12 +102,12 @@ def test_a_created_job_waits_queued_while_ray_is_unreachable(gateway):
 
 
 def test_invalid_specs_get_every_problem_by_path(gateway):
-    bad = {**SPEC, "name": "no spaces allowed", "train": {"lora": {"r": 0}, "lr": -1}, "typo": 1}
+    bad = {**SPEC, "name": "no spaces allowed", "train": {"lora": {"r": 0}, "learning_rate": -1}, "typo": 1}
     del bad["data"]
     response = gateway.http.post("/v1/jobs", json=bad, headers=gateway.admin)
     assert response.status_code == 422
     problems = {p["path"]: p["message"] for p in response.json()["problems"]}
-    assert problems["train.lora.r"] == "must be > 0" and problems["train.lr"] == "must be > 0.0"
+    assert problems["train.lora.r"] == "must be > 0" and problems["train.learning_rate"] == "must be > 0.0"
     assert problems["data"] == "field required" and problems["typo"] == "unknown field" and "name" in problems
 
     cases = [

@@ -28,24 +28,24 @@ LEAKS = [
 
 def test_a_correct_grounded_trace_passes_every_filter():
     v = F.verdicts(trace=GOOD, answer_ok=True, gold="4", filters=FILTERS)
-    assert v == {"parsed": True, "answer_match": True, "leaked_hint": True, "repetition": True, "length": True}
-    assert F.keep({**v, "gain": True}, RATING, FILTERS)
+    assert v == {"parsed": True, "answer_match": True, "hint_not_leaked": True, "low_repetition": True, "length_in_range": True}
+    assert F.keep({**v, "top_gain": True}, RATING, FILTERS)
 
 
 def test_a_wrong_answer_is_rejected_by_answer_match_only():
     v = F.verdicts(trace=GOOD, answer_ok=False, gold="4", filters=FILTERS)
     assert [name for name, ok in v.items() if not ok] == ["answer_match"]
-    assert not F.keep({**v, "gain": True}, RATING, FILTERS)
+    assert not F.keep({**v, "top_gain": True}, RATING, FILTERS)
     # turned off in the spec: the same trace is kept
-    assert F.keep({**v, "gain": True}, RATING, TraceFilters(answer_match=False))
+    assert F.keep({**v, "top_gain": True}, RATING, TraceFilters(answer_match=False))
 
 
 @pytest.mark.parametrize("trace", LEAKS)
 def test_a_leaked_hint_is_rejected(trace):
     v = F.verdicts(trace=trace, answer_ok=True, gold="4", filters=FILTERS)
-    assert v["leaked_hint"] is False
-    assert not F.keep({**v, "gain": True}, RATING, FILTERS)
-    assert F.keep({**v, "gain": True}, RATING, TraceFilters(leaked_hint=False))
+    assert v["hint_not_leaked"] is False
+    assert not F.keep({**v, "top_gain": True}, RATING, FILTERS)
+    assert F.keep({**v, "top_gain": True}, RATING, TraceFilters(leaked_hint=False))
 
 
 def test_reasoning_that_merely_uses_words_like_given_is_not_a_leak():
@@ -65,29 +65,29 @@ def test_a_repetition_loop_is_degenerate():
     assert F.repetition_rate(GOOD) == 0.0
     assert F.repetition_rate("too short") == 0.0
     v = F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=FILTERS)
-    assert v["repetition"] is False and v["length"] is True
-    assert F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=TraceFilters(max_repetition=1.0))["repetition"]
+    assert v["low_repetition"] is False and v["length_in_range"] is True
+    assert F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=TraceFilters(max_repetition=1.0))["low_repetition"]
 
 
 def test_length_bounds_count_words():
     short = F.verdicts(trace="Likes action.", answer_ok=True, gold="4", filters=FILTERS)
-    assert short["length"] is False
-    assert F.verdicts(trace=GOOD, answer_ok=True, gold="4", filters=TraceFilters(max_trace_words=10))["length"] is False
+    assert short["length_in_range"] is False
+    assert F.verdicts(trace=GOOD, answer_ok=True, gold="4", filters=TraceFilters(max_trace_words=10))["length_in_range"] is False
     assert F.words("The user's taste: action, thrillers!") == ["the", "user's", "taste", "action", "thrillers"]
 
 
 def test_an_unparseable_output_fails_every_verdict():
     v = F.verdicts(trace=None, answer_ok=None, gold="4", filters=FILTERS)
     assert not any(v.values())
-    assert not F.keep({**v, "gain": True}, RATING, FILTERS)
+    assert not F.keep({**v, "top_gain": True}, RATING, FILTERS)
 
 
 def test_applied_filters_depend_on_the_task():
-    assert F.applied_filters(RATING, FILTERS) == ("parsed", "answer_match", "leaked_hint", "repetition", "length")
+    assert F.applied_filters(RATING, FILTERS) == ("parsed", "answer_match", "hint_not_leaked", "low_repetition", "length_in_range")
     assert F.applied_filters(LabelTask(labels=["a", "b"]), TraceFilters(leaked_hint=False)) == (
-        "parsed", "answer_match", "repetition", "length")
+        "parsed", "answer_match", "low_repetition", "length_in_range")
     # free text: no exact answer to match, the likelihood gain decides
-    assert F.applied_filters(TextTask(), FILTERS) == ("parsed", "leaked_hint", "repetition", "length", "gain")
+    assert F.applied_filters(TextTask(), FILTERS) == ("parsed", "hint_not_leaked", "low_repetition", "length_in_range", "top_gain")
 
 
 def test_rank_by_gain_keeps_the_best_positive_eligible_traces():
@@ -100,10 +100,10 @@ def test_rank_by_gain_keeps_the_best_positive_eligible_traces():
 
 def test_survivors_after_each_is_a_funnel():
     verdicts = [
-        {"parsed": True, "answer_match": True, "leaked_hint": True},
-        {"parsed": True, "answer_match": False, "leaked_hint": True},
-        {"parsed": True, "answer_match": True, "leaked_hint": False},
-        {"parsed": False, "answer_match": False, "leaked_hint": False},
+        {"parsed": True, "answer_match": True, "hint_not_leaked": True},
+        {"parsed": True, "answer_match": False, "hint_not_leaked": True},
+        {"parsed": True, "answer_match": True, "hint_not_leaked": False},
+        {"parsed": False, "answer_match": False, "hint_not_leaked": False},
     ]
-    assert F.survivors_after_each(verdicts, ["parsed", "answer_match", "leaked_hint"]) == {
-        "parsed": 3, "answer_match": 2, "leaked_hint": 1}
+    assert F.survivors_after_each(verdicts, ["parsed", "answer_match", "hint_not_leaked"]) == {
+        "parsed": 3, "answer_match": 2, "hint_not_leaked": 1}

@@ -11,7 +11,7 @@ import pytest
 
 from prime_ray.data.schema import Example, Item
 from prime_ray.engine.base import Generation
-from prime_ray.spec import parse_spec
+from prime_ray.spec import derive_seed, parse_spec
 from prime_ray.traces.stats import trace_stats
 from prime_ray.traces.store import read_kept_traces, write_traces
 from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer
@@ -38,6 +38,9 @@ class _Tokenizer:
         return "\n".join(m["content"] for m in messages) + "\n<assistant>\n"
 
 
+SAMPLE_SEEDS = [derive_seed(0, "traces", s) for s in range(2)]
+
+
 class ScriptedG:
     def __init__(self):
         self.generate_calls = []
@@ -58,7 +61,7 @@ class ScriptedG:
                 text = verify
             elif p.endswith("<think>\n" + OPENING):
                 assert "real answer is" in p
-                text = samples[params.seed % len(samples)]
+                text = samples[SAMPLE_SEEDS.index(params.seed)]  # sample s is seeded derive_seed(0, 'traces', s)
             else:
                 assert "real answer" not in p
                 text = direct
@@ -110,15 +113,15 @@ def test_one_user_keep_path_rejections_and_errors():
 
     kept = rows[("u1/a", 0)]
     assert kept["kept"] and kept["trace"] == OPENING + GOOD and kept["answer"] == "4" and kept["gold"] == "4"
-    assert kept["verdicts"] == {"parsed": True, "answer_match": True, "leaked_hint": True, "repetition": True,
-                                "length": True, "gain": True}
+    assert kept["verdicts"] == {"parsed": True, "answer_match": True, "hint_not_leaked": True, "low_repetition": True,
+                                "length_in_range": True, "top_gain": True}
     assert kept["likelihood_gain"] == pytest.approx(2.0)
     assert kept["direct_answer"] == "4" and kept["direct_correct"] is True
     assert kept["raw_text"].startswith("<think>\n" + OPENING) and "real answer is: 4" in kept["prompt"]
     assert kept["model"] == "tiny-test" and kept["config_hash"] == "cfg" and kept["error"] is None
 
-    assert rows[("u1/a", 1)]["verdicts"]["leaked_hint"] is False and not rows[("u1/a", 1)]["kept"]
-    assert rows[("u1/b", 0)]["verdicts"]["repetition"] is False and rows[("u1/b", 0)]["repetition"] > 0.5
+    assert rows[("u1/a", 1)]["verdicts"]["hint_not_leaked"] is False and not rows[("u1/a", 1)]["kept"]
+    assert rows[("u1/b", 0)]["verdicts"]["low_repetition"] is False and rows[("u1/b", 0)]["repetition"] > 0.5
     assert rows[("u1/b", 1)]["verdicts"]["parsed"] is False and rows[("u1/b", 1)]["answer"] is None  # cut off
     assert rows[("u1/c", 0)]["kept"] and rows[("u1/c", 1)]["kept"] and rows[("u1/c", 0)]["direct_correct"] is False
     # a trace that ended without an answer gets G's answer from the trace alone (both of f's samples)
@@ -130,9 +133,9 @@ def test_one_user_keep_path_rejections_and_errors():
     assert "replica lost" in rows[("u1/d", -1)]["error"] and not rows[("u1/d", -1)]["kept"]
     assert "ValidationError" in rows[("u1/e", -1)]["error"]
 
-    # rows_per_call=2: examples go in chunks of 2; sample s is seeded seed + s for every example
+    # rows_per_call=2: examples go in chunks of 2; sample s is seeded derive_seed(seed, "traces", s) for every example
     rationalizations = [(n, p) for n, p in g.generate_calls if p.temperature > 0]
-    assert sorted({p.seed for _, p in rationalizations}) == [0, 1]
+    assert {p.seed for _, p in rationalizations} == set(SAMPLE_SEEDS)
     assert max(n for n, _ in rationalizations) == 2 and len(rationalizations) == 3 * 2  # 3 chunks x 2 samples
 
 
@@ -143,7 +146,7 @@ def test_stats_add_up_and_kept_traces_read_back(tmp_path):
     assert counts["examples"] == 6 and counts["users"] == 1
     assert counts["traces_generated"] == 8 and counts["errors"] == 2
     assert counts["after_parsed"] == 7 and counts["after_answer_match"] == 7
-    assert counts["after_leaked_hint"] == 6 and counts["after_repetition"] == 5 and counts["after_length"] == 5
+    assert counts["after_hint_not_leaked"] == 6 and counts["after_low_repetition"] == 5 and counts["after_length_in_range"] == 5
     assert counts["kept"] == 5 and metrics["keep_rate"] == pytest.approx(5 / 8, abs=1e-3)
     assert counts["examples_with_kept_trace"] == 3 and counts["examples_direct_correct"] == 1  # a
     assert counts["tokens_generated"] == sum(r["generated_tokens"] for r in out) > 0
@@ -188,7 +191,8 @@ def test_free_text_keeps_the_trace_with_the_best_positive_gain():
     class TextG(ScriptedG):
         def generate(self, prompts, params):
             if prompts[0].endswith("<think>\n"):  # no trace_opening in this spec
-                return [Generation(text=f"{GOOD} Take {params.seed}.\n</think>\nAnswer: Big win", prompt_tokens=1,
+                sample = SAMPLE_SEEDS.index(params.seed)
+                return [Generation(text=f"{GOOD} Take {sample}.\n</think>\nAnswer: Big win", prompt_tokens=1,
                                    completion_tokens=20, finish_reason="stop") for _ in prompts]
             return [Generation(text=" Big win", prompt_tokens=1, completion_tokens=2, finish_reason="stop")
                     for _ in prompts]

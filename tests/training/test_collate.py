@@ -11,14 +11,9 @@ from prime_ray.data.schema import Example, Item
 from prime_ray.models.loading import load_model
 from prime_ray.models.prompts import completion_text, render_prompt
 from prime_ray.spec import ModelSpec, PromptMode, PromptTemplates, RatingTask
-from prime_ray.training.collate import (
-    IGNORE_INDEX,
-    SequenceBuilder,
-    StepPlan,
-    TrainSequence,
-    collate_rows,
-    pack_rows,
-)
+from prime_ray.training.collate import collate_rows
+from prime_ray.training.plan import StepPlan, pack_rows
+from prime_ray.training.sequences import IGNORE_INDEX, SequenceBuilder, TrainSequence
 
 TASK = RatingTask()
 TEMPLATES = PromptTemplates()
@@ -192,7 +187,7 @@ def _synthetic(n: int) -> list[TrainSequence]:
 @pytest.mark.parametrize("packing", [False, True])
 def test_step_plan_splits_each_step_between_workers_deterministically(packing):
     seqs = _synthetic(40)
-    kwargs = dict(micro_batch_size=2, grad_accum=2, world_size=2, packing=packing, max_length=24, seed=3, epochs=2)
+    kwargs = dict(micro_batch_size=2, gradient_accumulation_steps=2, world_size=2, packing=packing, max_length=24, seed=3, epochs=2)
     plan, again = StepPlan(seqs, **kwargs), StepPlan(seqs, **kwargs)
     assert plan.total_steps == 2 * plan.steps_per_epoch
     for step in range(plan.total_steps):
@@ -211,5 +206,5 @@ def test_step_plan_splits_each_step_between_workers_deterministically(packing):
 
 def test_step_plan_rejects_too_little_data():
     with pytest.raises(ValueError, match="too few for one step"):
-        StepPlan(_synthetic(3), micro_batch_size=2, grad_accum=2, world_size=2, packing=False, max_length=64,
-                 seed=0, epochs=1)
+        StepPlan(_synthetic(3), micro_batch_size=2, gradient_accumulation_steps=2, world_size=2, packing=False,
+                 max_length=64, seed=0, epochs=1)

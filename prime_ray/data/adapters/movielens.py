@@ -34,7 +34,7 @@ from typing import Iterator, Literal
 from prime_ray.data.schema import Item, UserRecord
 from prime_ray.data.validation import DataError, LoadResult, Problem, task_problem
 from prime_ray.paths import cache_dir
-from prime_ray.spec import SplitSpec, TaskSpec
+from prime_ray.spec import SplitSpec, TaskSpec, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def read_movielens(
     users = []
     for user_id in sorted(rated, key=_user_order):
         items = [item for _, _, item in sorted(rated[user_id].values(), key=lambda entry: entry[:2])]
-        chosen = _query_positions(len(items), split, f"{seed}:{user_id}")
+        chosen = _query_positions(len(items), split, derive_seed(seed, "queries", user_id))
         users.append(UserRecord(
             user_id=user_id,
             profile=profiles[user_id],
@@ -253,7 +253,7 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _query_positions(count: int, split: SplitSpec, seed: str) -> set[int]:
+def _query_positions(count: int, split: SplitSpec, seed: int) -> set[int]:
     """Which of a user's time-ordered items are queries; at least one item always stays history."""
     wanted = min(split.queries_per_user, max(count - 1, 0))
     if split.query_order == "time":

@@ -1,7 +1,7 @@
 """The `train` stage: the PRIME student, and optionally the fast-thinking baseline, on Ray Train.
 
 Reads ingest's training examples, their memory and the kept traces; tokenizes them into direct and
-think sequences (training/collate.py) and trains the student with λ = spec.train.lambda into
+think sequences (training/sequences.py) and trains the student with λ = spec.train.lambda into
 `train/prime/`. With `train.fast_thinking_baseline`, the λ = 0 student is trained into `train/fast/`
 by the same code, in the same Ray Train run, for the same number of optimizer steps (on the direct
 sequences alone: with λ = 0 the think sequences add nothing to the loss). Both write
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
-from prime_ray.spec import JobSpec
+from prime_ray.spec import JobSpec, derive_seed
 
 
 @register_stage
@@ -22,6 +22,15 @@ class TrainStage(Stage):
     requires = ("ingest", "memory", "traces")
     needs_ray = True
     outputs = ("prime/adapter", "curves.png", "metrics.jsonl")
+
+    def outputs_for(self, spec: JobSpec) -> tuple[str, ...]:
+        """The adapter of each student trained, and its merged model when `train.merge_adapter`."""
+        outputs = []
+        for name, _ in _students(spec):
+            outputs.append(f"{name}/adapter")
+            if spec.train.merge_adapter:
+                outputs.append(f"{name}/merged")
+        return (*outputs, "curves.png", "metrics.jsonl")
 
     def config(self, spec: JobSpec):
         dump = spec.model_dump(mode="json", by_alias=True)
@@ -36,7 +45,7 @@ class TrainStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from prime_ray.data.store import read_examples
-        from prime_ray.distributed.train import StudentRun, step_plan, train_students
+        from prime_ray.distributed.train import StudentRun, train_students
         from prime_ray.memory.store import MEMORY_FILE, read_memory
         from prime_ray.models.loading import load_tokenizer
         from prime_ray.training.artifacts import (
@@ -46,14 +55,15 @@ class TrainStage(Stage):
             merged_dir,
             read_metrics,
         )
-        from prime_ray.training.collate import SequenceBuilder
         from prime_ray.training.curves import plot_curves
         from prime_ray.training.lora import merge_adapter
+        from prime_ray.training.plan import step_plan
+        from prime_ray.training.sequences import SequenceBuilder
         from prime_ray.traces.store import TRACES_FILE, read_kept_traces
 
         spec = ctx.spec
         # The job seed and the train seed together decide the data order and the LoRA initialization.
-        train = spec.train.model_copy(update={"seed": spec.seed * 1_000_003 + spec.train.seed})
+        train = spec.train.model_copy(update={"seed": derive_seed(spec.seed, "train", spec.train.seed)})
         examples = read_examples(ctx.inputs["ingest"] / "examples.parquet", split="train")
         if not examples:
             raise ValueError(f"{ctx.inputs['ingest'] / 'examples.parquet'} holds no training examples")
@@ -63,9 +73,7 @@ class TrainStage(Stage):
         builder = SequenceBuilder(tokenizer, task=spec.data.task, templates=spec.data.prompts, max_length=train.max_length)
 
         think_weight = spec.train.think_weight
-        students = [("prime", think_weight)]
-        if spec.train.fast_thinking_baseline:
-            students.append(("fast", 0.0))
+        students = _students(spec)
         collations = {
             name: builder.build(examples, memory, traces, include_think=weight > 0) for name, weight in students
         }
@@ -89,12 +97,10 @@ class TrainStage(Stage):
             progress=ctx.progress,
         )
         seconds_training = round(time.perf_counter() - started, 2)
-        outputs = [f"{name}/adapter" for name, _ in students] + ["curves.png", "metrics.jsonl"]
         result_metrics: dict = {"think_weight": think_weight}
         for name, _ in students:
             if spec.train.merge_adapter:
                 merge_adapter(spec.model, adapter_dir(ctx.out_dir, name), merged_dir(ctx.out_dir, name))
-                outputs.append(f"{name}/merged")
             records = read_metrics(metrics_path, name)
             for key in ("loss", "direct", "think", "tokens_per_s"):
                 # the last value logged (a window without think sequences logs none)
@@ -102,10 +108,16 @@ class TrainStage(Stage):
                 result_metrics[f"{name}_{key}"] = None if last is None else round(last, 4)
         result_metrics["seconds_training"] = seconds_training
         plot_curves(read_metrics(metrics_path), ctx.out_dir / CURVES_FILE)
-        # The outputs depend on the spec (fast student, merged models): the manifest hashes these.
-        self.outputs = tuple(outputs)
 
         counts = {key: int(value) for key, value in prime.counts.items()}
         counts["steps"] = total_steps
         counts["kept_trace_examples"] = sum(1 for ex in examples if traces.get(ex.example_id))
         return StageResult(counts=counts, metrics=result_metrics)
+
+
+def _students(spec: JobSpec) -> list[tuple[str, float]]:
+    """(name, λ) of each student: PRIME, and the λ = 0 one with `train.fast_thinking_baseline`."""
+    students = [("prime", spec.train.think_weight)]
+    if spec.train.fast_thinking_baseline:
+        students.append(("fast", 0.0))
+    return students
