@@ -9,6 +9,7 @@ from prime_ray.data.adapters.movielens import FILES as MOVIELENS_FILES
 from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, read_movielens
 from prime_ray.data.adapters.threads import read_threads
 from prime_ray.data.jsonl import read_jsonl
+from prime_ray.data.leakage import remove_leakage
 from prime_ray.data.validation import LoadResult
 from prime_ray.paths import file_digest
 from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, ThreadsSource
@@ -24,18 +25,21 @@ def load_source(source: DataSource, spec: DataSpec | None = None, *, seed: int =
 
     With `spec`, outputs are also checked against its task and MovieLens queries follow its split;
     `seed` drives MovieLens's random query choice (`split.query_order: random`).
+    Every source then goes through the leakage check (leakage.py): history items holding a query's
+    input are removed and reported, and counted in `LoadResult.leaks`.
     Raises DataError when the source cannot be read at all.
     """
     task = spec.task if spec is not None else None
     if isinstance(source, JsonlSource):
-        return read_jsonl(source.path, task)
+        return remove_leakage(read_jsonl(source.path, task), source.path)
     if isinstance(source, ThreadsSource):
-        return read_threads(source.path, task)
+        return remove_leakage(read_threads(source.path, task), source.path)
     if isinstance(source, LampSource):
-        return read_lamp(source.questions, source.outputs, task)
+        return remove_leakage(read_lamp(source.questions, source.outputs, task), source.questions)
     if isinstance(source, MovieLensSource):
         split = spec.split if spec is not None else None
-        return read_movielens(source.path, source.task, split, seed, task)
+        loaded = read_movielens(source.path, source.task, split, seed, task)
+        return remove_leakage(loaded, loaded.file or describe_source(source))
     raise TypeError(f"unknown data source {source!r}")
 
 

@@ -28,7 +28,10 @@ def test_stats_of_movielens_100k_counts_every_rating():
     )
     assert done.returncode == 0, done.stderr
     assert "943 users" in done.stdout
-    assert "100000 ratings" in done.stdout
+    # ml-100k lists "Designated Mourner, The (1997)" twice (items 1256, 1257); user 782 rated both in
+    # the same second, and 1257 is one of their queries: the one copy of a query in a history
+    assert "99999 ratings: 98113 history + 1886 queries" in done.stdout
+    assert "leakage check: 1 history item(s) holding a query's input removed" in done.stdout
 
 
 def test_validate_lists_problems_and_exits_1(fixtures_dir):
@@ -38,7 +41,10 @@ def test_validate_lists_problems_and_exits_1(fixtures_dir):
     lines = result.output.splitlines()
     assert f"{path}:3: history.2.output: field required" in lines
     assert f"{path}:4: user_id: duplicate user id 'a' (first on line 1)" in lines
-    assert lines[-1].endswith("3 valid users, 8 problem(s)")
+    # users a, i and j are valid; j's and i's queries ("Heat (1995)", "Alien (1979)") are in a's history
+    assert f"{path}:1: history.0.input: user 'a' item 'h1' has the input of the query of user 'j' 'q1'; " \
+        "removed from the history (a query must not be trained on)" in lines
+    assert lines[-1].endswith("3 valid users, 10 problem(s)")
 
 
 def test_validate_with_a_spec_checks_the_task(fixtures_dir, tmp_path):
@@ -61,8 +67,10 @@ def test_validate_clean_data_exits_0(fixtures_dir):
 def test_stats_of_a_fixture(fixtures_dir):
     result = runner.invoke(app, ["data", "stats", str(fixtures_dir / "data" / "native" / "users.jsonl")])
     assert result.exit_code == 0, result.output
-    assert "6 users" in result.output and "27 items: 21 history + 6 queries" in result.output
-    assert "history per user: min 2, median 3.5, max 5" in result.output
+    # u3's history holds u2's query m7 (same input, no timestamps): removed by the leakage check
+    assert "6 users" in result.output and "26 items: 20 history + 6 queries" in result.output
+    assert "history per user: min 2, median 3.5, max 4" in result.output
+    assert "leakage check: 1 history item(s) holding a query's input removed" in result.output
 
 
 def test_unreadable_source_exits_2(tmp_path):
