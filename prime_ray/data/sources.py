@@ -16,7 +16,8 @@ from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieL
 
 SOURCE_FORMS = (
     "movielens-100k (ratings), movielens-100k:genre, a directory holding ml-100k.{inter,item,user}, "
-    "a .jsonl file (native; --format threads for threads), lamp:QUESTIONS.json,OUTPUTS.json"
+    "a .jsonl file (native; --format threads for threads), "
+    "lamp:QUESTIONS.json,OUTPUTS.json or lamp:QUESTIONS.json (a split without outputs)"
 )
 
 
@@ -52,9 +53,9 @@ def parse_source_arg(text: str, format: str | None = None) -> DataSource:
         return MovieLensSource(task=option or "rating")
     if name == "lamp":
         questions, comma, outputs = option.partition(",")
-        if not (questions and comma and outputs):
-            raise ValueError("a LaMP source is lamp:QUESTIONS.json,OUTPUTS.json")
-        return LampSource(questions=questions, outputs=outputs)
+        if not questions or (comma and not outputs):
+            raise ValueError("a LaMP source is lamp:QUESTIONS.json,OUTPUTS.json (or lamp:QUESTIONS.json)")
+        return LampSource(questions=questions, outputs=outputs or None)
     path = Path(text)
     if path.is_dir():
         return MovieLensSource(path=text)
@@ -75,7 +76,7 @@ def source_fingerprint(source: DataSource) -> dict[str, str]:
     if isinstance(source, (JsonlSource, ThreadsSource)):
         files = [Path(source.path)]
     elif isinstance(source, LampSource):
-        files = [Path(source.questions), Path(source.outputs)]
+        files = [Path(source.questions)] + ([Path(source.outputs)] if source.outputs else [])
     elif source.path is not None:
         files = [Path(source.path) / name for name in MOVIELENS_FILES]
     else:
@@ -89,5 +90,5 @@ def describe_source(source: DataSource) -> str:
         where = f" at {source.path}" if source.path else ""
         return f"movielens-100k ({source.task}){where}"
     if isinstance(source, LampSource):
-        return f"LaMP {source.questions} + {source.outputs}"
+        return f"LaMP {source.questions}" + (f" + {source.outputs}" if source.outputs else " (no outputs)")
     return f"{source.format} {source.path}"
