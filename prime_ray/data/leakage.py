@@ -62,8 +62,9 @@ def remove_leakage(result: LoadResult, file: str) -> LoadResult:
             leaks += 1
             query, owner = match
             whose = "its own query" if owner == user.user_id else f"the query of user {owner!r}"
+            line = result.item_lines.get((user.user_id, item.id))  # an item with a line of its own (MovieLens)
             problems.append(Problem(
-                file, result.lines.get(user.user_id), f"history.{index}.input",
+                file, line or result.lines.get(user.user_id), "item_id" if line else f"history.{index}.input",
                 f"user {user.user_id!r} item {item.id!r} has the input of {whose} {query.id!r}; "
                 "removed from the history (a query must not be trained on)",
             ))

@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from prime_ray.data.adapters.lamp import read_lamp
-from prime_ray.data.adapters.movielens import FILES as MOVIELENS_FILES
-from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, read_movielens
+from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, movielens_files, read_movielens
 from prime_ray.data.adapters.threads import read_threads
 from prime_ray.data.jsonl import read_jsonl
 from prime_ray.data.leakage import remove_leakage
-from prime_ray.data.validation import LoadResult
+from prime_ray.data.validation import DataError, LoadResult
 from prime_ray.paths import file_digest
 from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, ThreadsSource
 
 SOURCE_FORMS = (
-    "movielens-100k (ratings), movielens-100k:genre, a directory holding ml-100k.{inter,item,user}, "
+    "movielens-100k (ratings), movielens-100k:genre, a directory holding RecBole's <name>.{inter,item,user} "
+    "(DIR or DIR:genre), "
     "a .jsonl file (native; --format threads for threads), "
     "lamp:QUESTIONS.json,OUTPUTS.json or lamp:QUESTIONS.json (a split without outputs)"
 )
@@ -56,6 +56,9 @@ def parse_source_arg(text: str, format: str | None = None) -> DataSource:
         if not questions or (comma and not outputs):
             raise ValueError("a LaMP source is lamp:QUESTIONS.json,OUTPUTS.json (or lamp:QUESTIONS.json)")
         return LampSource(questions=questions, outputs=outputs or None)
+    folder, _, task = text.rpartition(":")
+    if task in ("rating", "genre") and Path(folder).is_dir():
+        return MovieLensSource(path=folder, task=task)
     path = Path(text)
     if path.is_dir():
         return MovieLensSource(path=text)
@@ -78,7 +81,10 @@ def source_fingerprint(source: DataSource) -> dict[str, str]:
     elif isinstance(source, LampSource):
         files = [Path(source.questions)] + ([Path(source.outputs)] if source.outputs else [])
     elif source.path is not None:
-        files = [Path(source.path) / name for name in MOVIELENS_FILES]
+        try:
+            files = list(movielens_files(source.path).values())
+        except DataError:
+            return {str(source.path): "missing"}
     else:
         return {"movielens-100k": RECBOLE_REQUIREMENT}
     return {str(path): file_digest(path) if path.is_file() else "missing" for path in files}
@@ -87,8 +93,7 @@ def source_fingerprint(source: DataSource) -> dict[str, str]:
 def describe_source(source: DataSource) -> str:
     """A source as a person would name it in a message."""
     if isinstance(source, MovieLensSource):
-        where = f" at {source.path}" if source.path else ""
-        return f"movielens-100k ({source.task}){where}"
+        return f"movielens {source.path} ({source.task})" if source.path else f"movielens-100k ({source.task})"
     if isinstance(source, LampSource):
         return f"LaMP {source.questions}" + (f" + {source.outputs}" if source.outputs else " (no outputs)")
     return f"{source.format} {source.path}"

@@ -51,6 +51,7 @@ class LoadResult:
     leaks: int = 0  # history items removed because a query's input was among them (see leakage.py)
     notes: list[str] = field(default_factory=list)  # what a reader of `data stats` must know about the source
     file: str | None = None  # the file that holds the users' items, where one does (MovieLens's .inter)
+    item_lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (user, item) -> line, where items have lines
 
 
 def json_type(value: Any) -> str:

@@ -88,8 +88,10 @@ def test_parse_source_arg(fixtures_dir):
     assert parse_source_arg("users.jsonl") == JsonlSource(path="users.jsonl")
     assert parse_source_arg("t.jsonl", "threads") == ThreadsSource(path="t.jsonl")
     assert parse_source_arg("users.json", "jsonl") == JsonlSource(path="users.json")
+    assert parse_source_arg(f"{folder}:genre") == MovieLensSource(path=folder, task="genre")
     assert parse_source_arg("lamp:q.json,o.json") == LampSource(questions="q.json", outputs="o.json")
-    for bad, format in (("lamp:q.json", None), ("data.csv", None), ("u.jsonl", "csv")):
+    assert parse_source_arg("lamp:q.json") == LampSource(questions="q.json")  # a test split: no outputs
+    for bad, format in (("lamp:q.json,", None), ("lamp:", None), ("data.csv", None), ("u.jsonl", "csv")):
         with pytest.raises(ValueError):
             parse_source_arg(bad, format)
 
