@@ -84,3 +84,29 @@ def test_change_my_view_threads_with_one_two_and_three_deltas_and_a_deleted_body
     assert query.output == "Older pupils gain a little."
     assert query.also_correct == ["Young ones gain nothing.", "Reading & maths differ."]
     assert "Reading & maths differ." in query.candidates  # &amp;amp; unescaped to &
+
+
+def test_any_persuasive_reply_is_a_hit_when_the_answer_is_ranked(tmp_path):
+    """The eval stage ranks candidates (the parsed answer first, then by score): the best-placed
+    persuasive reply gives the rank, so Hit@1 holds when the model picks the second delta."""
+    from prime_ray.data.examples import build_examples
+    from prime_ray.pipeline.stages.eval import _Generated, _outcome
+    from prime_ray.spec import DataSpec, PromptMode
+
+    texts = ["Older pupils gain a little.", "Young ones gain nothing.", "Kids need play."]
+    path = _write(tmp_path, [{"author": "owl", "threads": [_thread("t1", True, False)],
+                              "queries": [_thread("q1", True, True, False, texts=texts)]}])
+    users = read_threads(path, RankingTask()).users
+    data = DataSpec.model_validate({"source": {"format": "threads", "path": str(path)}, "task": {"kind": "ranking"},
+                                    "split": {"held_out_users": 0}})
+    (query,) = [e for e in build_examples(users, data, seed=0).examples if e.split == "test_query"]
+    assert query.also_correct == ["Young ones gain nothing."]
+
+    def rank(answer, scores):
+        gen = _Generated(example_id=query.example_id, text=f"Answer: {answer}", completion_tokens=3,
+                         finish_reason="stop", scores=scores)
+        return _outcome(query, PromptMode.direct, gen, RankingTask())[0].gold_rank
+
+    assert rank("Young ones gain nothing.", [-3.0, -1.0, -2.0]) == 1  # the second delta, answered
+    assert rank("Kids need play.", [-3.0, -1.0, -2.0]) == 2  # wrong answer, then the second delta by score
+    assert rank("Kids need play.", [-1.0, -3.0, -2.0]) == 2  # wrong answer, then the first delta by score
