@@ -140,7 +140,9 @@ class LampSource(_Strict):
 
     format: Literal["lamp"] = Field("lamp", description="Source format (the union's discriminator).")
     questions: str = Field(..., description="The split's questions JSON file.")
-    outputs: str = Field(..., description="The split's outputs (gold answers) JSON file.")
+    outputs: str | None = Field(
+        None, description="The golds file; absent for a test split (its questions are then unlabelled queries)."
+    )
 
 
 class ThreadsSource(_Strict):
@@ -554,9 +556,13 @@ def load_spec(path: str | Path) -> JobSpec:
     """Load a JobSpec from a YAML or JSON file (JSON is YAML)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Notepad writes one) is not content
     except OSError as e:
         raise SpecError([SpecProblem(path="", message=f"cannot read {path}: {e.strerror}")], str(path)) from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        message = f"not valid UTF-8 (line {line}, byte 0x{e.object[e.start]:02X})"
+        raise SpecError([SpecProblem(path="", message=message)], str(path)) from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as e:

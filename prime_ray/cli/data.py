@@ -75,8 +75,13 @@ def _stats_text(source, loaded: LoadResult) -> str:
         f"  queries per user: {figures.queries_per_user}",
         f"  {figures.distinct_outputs} distinct outputs" + _top_outputs(figures),
     ]
-    if loaded.problems:
-        lines.append(f"  {len(loaded.problems)} bad row(s) skipped (see `prime-ray data validate`)")
+    if figures.unlabelled_queries:
+        lines.append(f"  {figures.unlabelled_queries} unlabelled queries (no output: kept for prediction, not scored)")
+    lines.append(f"  leakage check: {loaded.leaks} history item(s) holding a query's input removed")
+    bad_rows = len(loaded.problems) - loaded.leaks
+    if bad_rows:
+        lines.append(f"  {bad_rows} bad row(s) skipped (see `prime-ray data validate`)")
+    lines += [f"  note: {note}" for note in loaded.notes]
     return "\n".join(lines)
 
 

@@ -11,6 +11,12 @@
    examples, with the whole history as memory.
 4. Held-out users give only `test_user` examples (their queries, whole history as memory): the
    student never trains on them.
+5. Unlabelled queries (no output: a split published without answers) stay with their user in
+   users.parquet, for prediction, and give no example: nothing could score them.
+
+Example ids are `example_id(user, item)`: the two ids joined by `/`, each with `%` and `/`
+percent-escaped, so no two (user, item) pairs share an id (`a/b` + `c` is `a%2Fb/c`, `a` + `b/c` is
+`a/b%2Fc`) and memory, traces and predictions joined by id always belong to their own user.
 
 Every random choice has its own stream (`random.Random(derive_seed(seed, "<what>"))`), so changing one knob
 does not reshuffle the others, and user ids are sorted before any choice, so the file's row order
@@ -23,7 +29,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from prime_ray.data.schema import Example, Item, UserRecord
+from prime_ray.data.schema import Example, Item, Query, UserRecord
 from prime_ray.spec import DataSpec, derive_seed
 
 Role = Literal["train", "test_user"]
@@ -38,6 +44,11 @@ class ExampleSet:
     def count(self, split: str) -> int:
         return sum(example.split == split for example in self.examples)
 
+    @property
+    def unlabelled_queries(self) -> int:
+        """Queries without an output among the users kept: kept for prediction, no example."""
+        return sum(query.output is None for user in self.users for query in user.queries)
+
 
 def latest(items: Sequence[Item], n: int | None) -> list[Item]:
     """The latest n items, oldest first: by timestamp when all have one, else the last n as given."""
@@ -47,14 +58,24 @@ def latest(items: Sequence[Item], n: int | None) -> list[Item]:
     return items if n is None else items[-n:]
 
 
-def _example(user: UserRecord, item: Item, split: str, memory: list[str]) -> Example:
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace("/", "%2F")
+
+
+def example_id(user_id: str, item_id: str) -> str:
+    """`user/item`, each part with `%` and `/` escaped: distinct (user, item) pairs never share an id."""
+    return f"{_escape(user_id)}/{_escape(item_id)}"
+
+
+def _example(user: UserRecord, item: Query, split: str, memory: list[str]) -> Example:
     return Example(
-        example_id=f"{user.user_id}/{item.id}",
+        example_id=example_id(user.user_id, item.id),
         user_id=user.user_id,
         split=split,
         input=item.input,
         output=item.output,
         candidates=item.candidates,
+        also_correct=item.also_correct,
         timestamp=item.timestamp,
         memory_ids=memory,
     )
@@ -86,7 +107,7 @@ def build_examples(users: Sequence[UserRecord], data: DataSpec, seed: int) -> Ex
     for user in chosen:
         history_ids = [item.id for item in user.history]
         if roles[user.user_id] == "test_user":
-            examples += [_example(user, query, "test_user", history_ids) for query in user.queries]
+            examples += [_example(user, query, "test_user", history_ids) for query in _labelled(user)]
             continue
         positions = range(len(user.history))
         limit = data.max_train_examples_per_user
@@ -95,5 +116,9 @@ def build_examples(users: Sequence[UserRecord], data: DataSpec, seed: int) -> Ex
         for i in positions:
             memory = history_ids[:i] + history_ids[i + 1:]
             examples.append(_example(user, user.history[i], "train", memory))
-        examples += [_example(user, query, "test_query", history_ids) for query in user.queries]
+        examples += [_example(user, query, "test_query", history_ids) for query in _labelled(user)]
     return ExampleSet(users=chosen, roles=roles, examples=examples)
+
+
+def _labelled(user: UserRecord) -> list[Query]:
+    return [query for query in user.queries if query.output is not None]

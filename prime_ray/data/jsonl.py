@@ -6,35 +6,43 @@ and skipped, and reading goes on to the end of the file.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from prime_ray.data.text import text_lines
 from prime_ray.data.validation import DataError, LoadResult, RowValidator
 from prime_ray.spec import TaskSpec
 
 
 def json_lines(path: str | Path, validator: RowValidator) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed document) for each non-blank line; undecodable lines become problems."""
-    path = Path(path)
+    """(line number, parsed document) for each non-blank line; lines that cannot be parsed become problems.
+
+    A byte-order mark before the first line is ignored; bytes that are not UTF-8 are reported at the
+    field that holds them (see text.py). Numbers too long for Python's int parser and nesting deeper
+    than the recursion limit are that line's problem, like any other invalid JSON.
+    """
     try:
-        handle = path.open("rb")
+        lines = iter(text_lines(path))
+        first = next(lines, None)  # opens the file: an unreadable one fails here, before any row
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                validator.problem(number, "", f"not valid UTF-8 (byte {e.start})")
-                continue
-            text = text.rstrip("\r\n")
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as e:
-                validator.problem(number, "", f"invalid JSON: {e.msg} (column {e.colno})")
+    for number, text in itertools.chain([first] if first else [], lines):
+        if not text.strip():
+            continue
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as e:
+            validator.problem(number, "", f"invalid JSON: {e.msg} (column {e.colno})")
+            continue
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            validator.problem(number, "", f"invalid JSON: {e}")
+            continue
+        except RecursionError:
+            validator.problem(number, "", "invalid JSON: nested too deeply")
+            continue
+        yield number, document
 
 
 def read_jsonl(path: str | Path, task: TaskSpec | None = None) -> LoadResult:

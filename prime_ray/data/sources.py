@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from prime_ray.data.adapters.lamp import read_lamp
-from prime_ray.data.adapters.movielens import FILES as MOVIELENS_FILES
-from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, read_movielens
+from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, movielens_files, read_movielens
 from prime_ray.data.adapters.threads import read_threads
 from prime_ray.data.jsonl import read_jsonl
-from prime_ray.data.validation import LoadResult
+from prime_ray.data.leakage import remove_leakage
+from prime_ray.data.validation import DataError, LoadResult
 from prime_ray.paths import file_digest
 from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, ThreadsSource
 
 SOURCE_FORMS = (
-    "movielens-100k (ratings), movielens-100k:genre, a directory holding ml-100k.{inter,item,user}, "
-    "a .jsonl file (native; --format threads for threads), lamp:QUESTIONS.json,OUTPUTS.json"
+    "movielens-100k (ratings), movielens-100k:genre, a directory holding RecBole's <name>.{inter,item,user} "
+    "(DIR or DIR:genre), "
+    "a .jsonl file (native; --format threads for threads), "
+    "lamp:QUESTIONS.json,OUTPUTS.json or lamp:QUESTIONS.json (a split without outputs)"
 )
 
 
@@ -24,18 +26,21 @@ def load_source(source: DataSource, spec: DataSpec | None = None, *, seed: int =
 
     With `spec`, outputs are also checked against its task and MovieLens queries follow its split;
     `seed` drives MovieLens's random query choice (`split.query_order: random`).
+    Every source then goes through the leakage check (leakage.py): history items holding a query's
+    input are removed and reported, and counted in `LoadResult.leaks`.
     Raises DataError when the source cannot be read at all.
     """
     task = spec.task if spec is not None else None
     if isinstance(source, JsonlSource):
-        return read_jsonl(source.path, task)
+        return remove_leakage(read_jsonl(source.path, task), source.path)
     if isinstance(source, ThreadsSource):
-        return read_threads(source.path, task)
+        return remove_leakage(read_threads(source.path, task), source.path)
     if isinstance(source, LampSource):
-        return read_lamp(source.questions, source.outputs, task)
+        return remove_leakage(read_lamp(source.questions, source.outputs, task), source.questions)
     if isinstance(source, MovieLensSource):
         split = spec.split if spec is not None else None
-        return read_movielens(source.path, source.task, split, seed, task)
+        loaded = read_movielens(source.path, source.task, split, seed, task)
+        return remove_leakage(loaded, loaded.file or describe_source(source))
     raise TypeError(f"unknown data source {source!r}")
 
 
@@ -48,9 +53,12 @@ def parse_source_arg(text: str, format: str | None = None) -> DataSource:
         return MovieLensSource(task=option or "rating")
     if name == "lamp":
         questions, comma, outputs = option.partition(",")
-        if not (questions and comma and outputs):
-            raise ValueError("a LaMP source is lamp:QUESTIONS.json,OUTPUTS.json")
-        return LampSource(questions=questions, outputs=outputs)
+        if not questions or (comma and not outputs):
+            raise ValueError("a LaMP source is lamp:QUESTIONS.json,OUTPUTS.json (or lamp:QUESTIONS.json)")
+        return LampSource(questions=questions, outputs=outputs or None)
+    folder, _, task = text.rpartition(":")
+    if task in ("rating", "genre") and Path(folder).is_dir():
+        return MovieLensSource(path=folder, task=task)
     path = Path(text)
     if path.is_dir():
         return MovieLensSource(path=text)
@@ -71,9 +79,12 @@ def source_fingerprint(source: DataSource) -> dict[str, str]:
     if isinstance(source, (JsonlSource, ThreadsSource)):
         files = [Path(source.path)]
     elif isinstance(source, LampSource):
-        files = [Path(source.questions), Path(source.outputs)]
+        files = [Path(source.questions)] + ([Path(source.outputs)] if source.outputs else [])
     elif source.path is not None:
-        files = [Path(source.path) / name for name in MOVIELENS_FILES]
+        try:
+            files = list(movielens_files(source.path).values())
+        except DataError:
+            return {str(source.path): "missing"}
     else:
         return {"movielens-100k": RECBOLE_REQUIREMENT}
     return {str(path): file_digest(path) if path.is_file() else "missing" for path in files}
@@ -82,8 +93,7 @@ def source_fingerprint(source: DataSource) -> dict[str, str]:
 def describe_source(source: DataSource) -> str:
     """A source as a person would name it in a message."""
     if isinstance(source, MovieLensSource):
-        where = f" at {source.path}" if source.path else ""
-        return f"movielens-100k ({source.task}){where}"
+        return f"movielens {source.path} ({source.task})" if source.path else f"movielens-100k ({source.task})"
     if isinstance(source, LampSource):
-        return f"LaMP {source.questions} + {source.outputs}"
+        return f"LaMP {source.questions}" + (f" + {source.outputs}" if source.outputs else " (no outputs)")
     return f"{source.format} {source.path}"

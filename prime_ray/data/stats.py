@@ -31,6 +31,7 @@ class SourceStats:
     queries: int
     history_per_user: Spread
     queries_per_user: Spread
+    unlabelled_queries: int  # queries without an output (a split published without answers)
     top_outputs: list[tuple[str, int]]  # the most frequent outputs (labels, ratings), most frequent first
     distinct_outputs: int
 
@@ -40,13 +41,15 @@ class SourceStats:
 
 
 def source_stats(users: Sequence[UserRecord], top: int = 10) -> SourceStats:
-    outputs = Counter(item.output for user in users for item in (*user.history, *user.queries))
+    outputs = Counter(item.output for user in users for item in (*user.history, *user.queries)
+                      if item.output is not None)
     return SourceStats(
         users=len(users),
         history_items=sum(len(user.history) for user in users),
         queries=sum(len(user.queries) for user in users),
         history_per_user=Spread.of([len(user.history) for user in users]),
         queries_per_user=Spread.of([len(user.queries) for user in users]),
+        unlabelled_queries=sum(query.output is None for user in users for query in user.queries),
         top_outputs=outputs.most_common(top),
         distinct_outputs=len(outputs),
     )

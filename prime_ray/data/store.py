@@ -23,6 +23,7 @@ ITEM = pa.struct([
     ("output", pa.string()),
     ("timestamp", pa.int64()),
     ("candidates", pa.list_(pa.string())),
+    ("also_correct", pa.list_(pa.string())),
 ])
 
 USERS_SCHEMA = pa.schema([
@@ -40,6 +41,7 @@ EXAMPLES_SCHEMA = pa.schema([
     ("input", pa.string()),
     ("output", pa.string()),
     ("candidates", pa.list_(pa.string())),
+    ("also_correct", pa.list_(pa.string())),
     ("timestamp", pa.int64()),
     ("memory_ids", pa.list_(pa.string())),
 ])

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from prime_ray.data.schema import Item, UserRecord
+from prime_ray.data.schema import INT64_MAX, INT64_MIN, Item, UserRecord
+from prime_ray.data.text import find_not_utf8
 from prime_ray.spec import LabelTask, RankingTask, RatingTask, TaskSpec, TextTask
 
 
@@ -46,6 +47,11 @@ class LoadResult:
 
     users: list[UserRecord] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    lines: dict[str, int | None] = field(default_factory=dict)  # user id -> the line it was read from
+    leaks: int = 0  # history items removed because a query's input was among them (see leakage.py)
+    notes: list[str] = field(default_factory=list)  # what a reader of `data stats` must know about the source
+    file: str | None = None  # the file that holds the users' items, where one does (MovieLens's .inter)
+    item_lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (user, item) -> line, where items have lines
 
 
 def json_type(value: Any) -> str:
@@ -92,6 +98,9 @@ def describe_error(error: dict[str, Any]) -> tuple[str, str]:
         return path, "unknown field"
     if kind == "string_too_short":
         return path, "must not be empty"
+    if kind in ("greater_than_equal", "less_than_equal") and error.get("ctx", {}).get(
+            "ge" if kind == "greater_than_equal" else "le") in (INT64_MIN, INT64_MAX):
+        return path, f"out of range (a 64-bit integer: {INT64_MIN}..{INT64_MAX}), got {_shown(error.get('input'))}"
     if kind in _EXPECTED:
         value = error.get("input")
         return path, f"{_EXPECTED[kind]}, got {json_type(value)} {_shown(value)}"
@@ -100,7 +109,12 @@ def describe_error(error: dict[str, Any]) -> tuple[str, str]:
 
 
 def task_problem(item: Item, task: TaskSpec) -> tuple[str, str] | None:
-    """Whether an item's output fits the job's task; (field, message) when it does not."""
+    """Whether an item's output fits the job's task; (field, message) when it does not.
+
+    An unlabelled query (output None) fits every task: it has no output to check.
+    """
+    if item.output is None:
+        return None
     if isinstance(task, RatingTask):
         try:
             value = float(item.output)
@@ -146,50 +160,72 @@ class RowValidator:
     def problem(self, line: int | None, path: str, message: str) -> None:
         self.result.problems.append(Problem(self.file, line, path, message))
 
-    def _native_path(self, at: str, path: str) -> str:
-        return at + self.rename(path)
-
     def add(self, document: Any, *, line: int | None = None, at: str = "") -> UserRecord | None:
         """Validate one user document; keep it when it is sound, else record why and drop it.
 
         `at` prefixes field paths where the row has no line of its own (e.g. `12.` for a JSON array).
         """
+        user = self.check(document, line=line, at=at)
+        if user is None or self.duplicate(user.user_id, line=line, at=at):
+            return None
+        self.keep(user, line=line, at=at)
+        return user
+
+    def check(self, document: Any, *, line: int | None = None, at: str = "",
+              rename: Callable[[str], str] | None = None) -> UserRecord | None:
+        """Validate one user document without keeping it: the user, or None after reporting why not.
+
+        `rename` overrides the validator's for this document (LaMP's field names differ per task).
+        """
+        rename = rename or self.rename
         if not isinstance(document, dict):
             self.problem(line, at.rstrip("."), f"expected a JSON object (one user), got {json_type(document)}")
             return None
         try:
+            # First: pydantic would call such text "not a unicode string" without saying why.
+            found = find_not_utf8(document)
+            if found is not None:
+                self.problem(line, at + rename(found[0]), found[1])
+                return None
             user = UserRecord.model_validate(document)
         except ValidationError as e:
             for error in e.errors():
                 path, message = describe_error(error)
-                self.problem(line, self._native_path(at, path), message)
+                self.problem(line, at + rename(path), message)
             return None
+        except RecursionError:
+            self.problem(line, at.rstrip("."), "nested too deeply")
+            return None
+        return None if self._check(user, line, at, rename) else user
 
-        found = self._check(user, line, at)
-        if found:
-            return None
+    def duplicate(self, user_id: str, *, line: int | None = None, at: str = "") -> bool:
+        """Whether `user_id` was kept before (then reported here as a duplicate)."""
+        if user_id not in self._first_seen:
+            return False
+        first = self._first_seen[user_id]
+        where = f"on line {first}" if isinstance(first, int) else f"at {first}"
+        self.problem(line, at + self.rename("user_id"), f"duplicate user id {user_id!r} (first {where})")
+        return True
+
+    def keep(self, user: UserRecord, *, line: int | None = None, at: str = "") -> None:
         self._first_seen[user.user_id] = line if line is not None else at.rstrip(".")
         self.result.users.append(user)
-        return user
+        self.result.lines[user.user_id] = line
 
-    def _check(self, user: UserRecord, line: int | None, at: str) -> bool:
+    def _check(self, user: UserRecord, line: int | None, at: str, rename: Callable[[str], str]) -> bool:
         before = len(self.result.problems)
-        if user.user_id in self._first_seen:
-            first = self._first_seen[user.user_id]
-            where = f"on line {first}" if isinstance(first, int) else f"at {first}"
-            self.problem(line, self._native_path(at, "user_id"), f"duplicate user id {user.user_id!r} (first {where})")
         seen: dict[str, str] = {}
         for part in ("history", "queries"):
             for index, item in enumerate(getattr(user, part)):
                 path = f"{part}.{index}"
                 if item.id in seen:
-                    self.problem(line, self._native_path(at, f"{path}.id"),
-                                 f"duplicate item id {item.id!r} (also {self._native_path(at, seen[item.id])})")
+                    self.problem(line, at + rename(f"{path}.id"),
+                                 f"duplicate item id {item.id!r} (also {at + rename(seen[item.id])})")
                 else:
                     seen[item.id] = path
                 if self.task is not None:
                     wrong = task_problem(item, self.task)
                     if wrong is not None:
-                        self.problem(line, self._native_path(at, f"{path}.{wrong[0]}"), wrong[1])
+                        self.problem(line, at + rename(f"{path}.{wrong[0]}"), wrong[1])
         return len(self.result.problems) > before
 

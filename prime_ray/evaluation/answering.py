@@ -117,7 +117,10 @@ def answer_outcome(example: Example, prompt_mode: PromptMode, gen: Generated, ta
         trace = (gen.text if marker < 0 else gen.text[:marker]).strip()
     rank = None
     if task.kind == "ranking" and gen.scores is not None:
-        rank = gold_rank(candidate_ranking(parsed.answer, example.candidates or [], gen.scores), example.output)
+        ranking = candidate_ranking(parsed.answer, example.candidates or [], gen.scores)
+        # several right answers (e.g. several persuasive replies): the best-placed one counts
+        rank = min((r for gold in (example.output, *(example.also_correct or ())) if (r := gold_rank(ranking, gold))),
+                   default=None)
     return Outcome(example.example_id, example.output, parsed.answer, trace=trace, gold_rank=rank), parsed
 
 def plan_modes(spec: JobSpec, adapters: dict[str, Path]) -> tuple[list[EvalMode], dict[str, str]]:

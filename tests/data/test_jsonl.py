@@ -84,3 +84,50 @@ def test_undecodable_line_is_a_problem_and_reading_goes_on(tmp_path):
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="cannot read .*nope.jsonl"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+# ----------------------------------------------------------------------- any bytes, never a crash
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from prime_ray.data.store import write_users  # noqa: E402
+from prime_ray.data.validation import Problem  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | st.floats()
+    | st.text(st.characters(codec=None), max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+_item = st.fixed_dictionaries(
+    {"id": st.text(max_size=4), "input": st.text(max_size=8), "output": st.text(max_size=4) | st.integers()},
+    optional={"timestamp": st.integers(min_value=-(2**70), max_value=2**70) | st.floats(),
+              "candidates": st.lists(st.text(max_size=3), max_size=3)},
+)
+_user = st.fixed_dictionaries(
+    {"user_id": st.text(max_size=4) | st.integers()},
+    optional={"profile": st.dictionaries(st.text(max_size=4), _json_values, max_size=3),
+              "history": st.lists(_item, max_size=3), "queries": st.lists(_item, max_size=2)},
+)
+
+
+def _lines(draw_users, garbage):
+    return b"\n".join(garbage if g else json.dumps(u, allow_nan=True).encode("utf-8", "surrogatepass")
+                      for u, g in draw_users)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300) | st.lists(st.tuples(_user, st.booleans()), max_size=4).map(lambda us: _lines(us, b"\xef\xbb\xbf{\xff")),
+       bom=st.booleans())
+def test_any_bytes_give_users_or_located_problems(tmp_path, raw, bom):
+    """Whatever the file holds: valid users that survive a Parquet write, and problems with file and line."""
+    path = tmp_path / "any.jsonl"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + raw)
+    result = read_jsonl(path)
+    lines = raw.count(b"\n") + 1
+    for problem in result.problems:
+        assert isinstance(problem, Problem) and problem.file == str(path)
+        assert isinstance(problem.line, int) and 1 <= problem.line <= lines and problem.message
+    assert len({u.user_id for u in result.users}) == len(result.users)
+    write_users(tmp_path / "users.parquet", result.users, {u.user_id: "train" for u in result.users})

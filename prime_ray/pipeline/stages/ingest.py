@@ -1,7 +1,9 @@
 """The `ingest` stage: read and validate the data, split users and queries, write the examples.
 
 Bad rows are reported (events, and every one in `problems.jsonl`) and skipped; the job goes on with
-the good ones, and fails only when no valid user is left.
+the good ones, and fails only when no valid user is left. Every source passes the leakage check
+(data/leakage.py) on the way in: history items holding a query's input are removed, each one a
+problem, and counted as `leaked_items_removed`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class IngestStage(Stage):
             )
             for problem in loaded.problems[:PROBLEMS_SHOWN]:
                 progress.info(str(problem))
+        if loaded.leaks:
+            progress.info(f"{loaded.leaks} history item(s) held a query's input and were removed from training "
+                          f"(listed in {PROBLEMS_FILE})", leaked_items_removed=loaded.leaks)
+        for note in loaded.notes:
+            progress.info(note)
         if not loaded.users:
             first = f"; first: {loaded.problems[0]}" if loaded.problems else ""
             raise ValueError(f"no valid users in {source} ({len(loaded.problems)} problem(s){first})")
@@ -67,6 +74,8 @@ class IngestStage(Stage):
             "examples_test_query": built.count("test_query"),
             "examples_test_user": built.count("test_user"),
             "problems": len(loaded.problems),
+            "leaked_items_removed": loaded.leaks,
+            "unlabelled_queries": built.unlabelled_queries,
         }
         for split in ("train", "test_query", "test_user"):
             if not built.count(split):
