@@ -103,9 +103,9 @@ def test_any_persuasive_reply_is_a_hit_when_the_answer_is_ranked(tmp_path):
     assert query.also_correct == ["Young ones gain nothing."]
 
     def rank(answer, scores):
-        gen = _Generated(example_id=query.example_id, text=f"Answer: {answer}", completion_tokens=3,
+        gen = Generated(example_id=query.example_id, text=f"Answer: {answer}", completion_tokens=3,
                          finish_reason="stop", scores=scores)
-        return _outcome(query, PromptMode.direct, gen, RankingTask())[0].gold_rank
+        return answer_outcome(query, PromptMode.direct, gen, RankingTask())[0].gold_rank
 
     assert rank("Young ones gain nothing.", [-3.0, -1.0, -2.0]) == 1  # the second delta, answered
     assert rank("Kids need play.", [-3.0, -1.0, -2.0]) == 2  # wrong answer, then the second delta by score
