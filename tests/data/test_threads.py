@@ -90,7 +90,7 @@ def test_any_persuasive_reply_is_a_hit_when_the_answer_is_ranked(tmp_path):
     """The eval stage ranks candidates (the parsed answer first, then by score): the best-placed
     persuasive reply gives the rank, so Hit@1 holds when the model picks the second delta."""
     from prime_ray.data.examples import build_examples
-    from prime_ray.pipeline.stages.eval import _Generated, _outcome
+    from prime_ray.evaluation.answering import Generated, answer_outcome
     from prime_ray.spec import DataSpec, PromptMode
 
     texts = ["Older pupils gain a little.", "Young ones gain nothing.", "Kids need play."]
