@@ -16,16 +16,23 @@ from prime_ray.evaluation.metrics import (
     macro_f1,
     mae,
     mean_interval,
-    metric_names,
     mrr,
     rating_errors,
     repetition_rate,
     rmse,
     rouge_f,
-    task_metrics,
     thinking_health,
 )
 from prime_ray.spec import LabelTask, RankingTask, RatingTask, TextTask
+from prime_ray.tasks import task_kind
+
+
+def task_metrics(task, outcomes, *, n_resamples, seed):
+    return task_kind(task).metrics(task, outcomes, n_resamples=n_resamples, seed=seed)
+
+
+def metric_names(task):
+    return task_kind(task).metric_names(task)
 
 
 def test_accuracy_and_macro_f1_on_a_small_confusion():

@@ -61,9 +61,9 @@ def test_reasoning_that_merely_uses_words_like_given_is_not_a_leak():
 
 
 def test_a_repetition_loop_is_degenerate():
-    assert F.repetition_rate(LOOP) > 0.8
-    assert F.repetition_rate(GOOD) == 0.0
-    assert F.repetition_rate("too short") == 0.0
+    assert F.repetition(LOOP) > 0.8
+    assert F.repetition(GOOD) == 0.0
+    assert F.repetition("too short") == 0.0
     v = F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=FILTERS)
     assert v["repetition"] is False and v["length"] is True
     assert F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=TraceFilters(max_repetition=1.0))["repetition"]
