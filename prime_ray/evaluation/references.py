@@ -22,7 +22,7 @@ from prime_ray.evaluation.metrics import Outcome
 from prime_ray.spec import TaskSpec
 from prime_ray.tasks import task_kind
 
-__all__ = ["REFERENCE_PREFIX", "ReferenceQuery", "reference_outcomes"]
+__all__ = ["REFERENCE_PREFIX", "ReferenceQuery", "outcomes_by_split", "reference_descriptions", "reference_outcomes"]
 
 REFERENCE_PREFIX = "ref:"
 
@@ -68,3 +68,27 @@ def reference_outcomes(
 def reference_descriptions(task: TaskSpec) -> Mapping[str, str]:
     """`ref:<name>` → what the reference answers, for the report's legend."""
     return {REFERENCE_PREFIX + r.name: r.description for r in task_kind(task).references(task)}
+
+
+
+def outcomes_by_split(task: TaskSpec, by_split: Mapping[str, Sequence], users: Mapping[str, object],
+                      roles: Mapping[str, str]) -> dict[str, dict[str, list[Outcome]]]:
+    """split → reference (`ref:<name>`) → its outcomes on that split's examples.
+
+    `by_split`: split → its evaluated examples (`example_id`, `user_id`, `input`, `output`, `memory_ids`);
+    `users`: user id → the user (`history` of items with `id`, `input`, `output`, oldest first);
+    `roles`: user id → "train" | "test_user". The crowd is the training users' history; a user's own
+    outputs are the history items of the example's memory pool (`memory_ids`).
+    """
+    crowd = [(item.input, item.output) for uid, user in users.items() if roles.get(uid) == "train"
+             for item in user.history]
+    out = {}
+    for split, examples in by_split.items():
+        queries = []
+        for e in examples:
+            user = users.get(e.user_id)
+            allowed = set(e.memory_ids)
+            own = [item.output for item in (user.history if user else ()) if item.id in allowed]
+            queries.append(ReferenceQuery(e.example_id, e.output, e.input, own))
+        out[split] = reference_outcomes(task, queries, crowd)
+    return out

@@ -25,7 +25,7 @@ import numpy as np
 
 from prime_ray.evaluation.comparisons import Claim, Comparison, claims, paired_comparisons
 from prime_ray.evaluation.metrics import LOWER_IS_BETTER, MetricValue, Outcome, thinking_health
-from prime_ray.evaluation.references import REFERENCE_PREFIX, reference_descriptions
+from prime_ray.evaluation.references import REFERENCE_PREFIX, outcomes_by_split, reference_descriptions
 from prime_ray.spec import TaskSpec
 from prime_ray.tasks import task_kind
 
@@ -82,6 +82,13 @@ def summarize_mode(
         scores={o.example_id: float(v) for o, v in zip(outcomes, primary)},
         fallback_parses=sum(o.predicted is not None and o.strict is False for o in outcomes),
     )
+
+
+def reference_results(task: TaskSpec, by_split, users, roles, *, n_resamples: int, seed: int) -> list[ModeResult]:
+    """Every non-LLM reference's result on every split (see `references.outcomes_by_split` for the inputs)."""
+    return [summarize_mode(task, name, split, outcomes, n_resamples=n_resamples, seed=seed)
+            for split, refs in outcomes_by_split(task, by_split, users, roles).items()
+            for name, outcomes in refs.items()]
 
 
 @dataclass

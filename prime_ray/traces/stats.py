@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from prime_ray.spec import TaskSpec, TraceFilters
 from prime_ray.traces.filters import applied_filters, survivors_after_each
@@ -60,3 +62,13 @@ def trace_stats(rows: Sequence[dict[str, Any]], task: TaskSpec, filters: TraceFi
         "gain_rejected": gain_distribution(rejected),
     }
     return counts, metrics
+
+
+def gains_of_file(path: str | Path) -> dict[str, dict[str, float | int | None]]:
+    """The gain distributions of a traces file's kept and rejected traces (those generated and scored)."""
+    table = pq.read_table(path, columns=["raw_text", "kept", "likelihood_gain"])
+    kept, rejected = [], []
+    for row in table.to_pylist():
+        if row["raw_text"] is not None and row["likelihood_gain"] is not None:
+            (kept if row["kept"] else rejected).append(row["likelihood_gain"])
+    return {"kept": gain_distribution(kept), "rejected": gain_distribution(rejected)}

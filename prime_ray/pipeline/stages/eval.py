@@ -1,8 +1,12 @@
 """The `eval` stage: every mode of `spec.eval.modes` on the held-out data, then the report.
 
-    generalist  G (the base model)       direct · think · personal-think
-    fast        G + adapter train/fast   direct · think          (only when the λ = 0 student was trained)
-    prime       G + adapter train/prime  direct · personal-think
+    generalist  G (the base model)       direct · personal-direct · think · personal-think
+    fast        G + adapter train/fast   direct · personal-direct · think   (only when the λ = 0 student was trained)
+    prime       G + adapter train/prime  direct · personal-direct · personal-think
+
+Think modes generate from inside the think block (`generation_prefix`), so every answer has a trace.
+Beside the modes, the non-LLM references (prime_ray.evaluation.references) answer the same examples;
+the report pairs the modes per example and gives each claim of the method a verdict.
 
 Per model, one Serve app runs G (with the student's adapter) and Ray Data sends each user's prompts
 to it; the app is stopped before the next model starts, so only one model holds the CPUs/GPUs at a
@@ -25,14 +29,20 @@ from typing import Any, Sequence
 from prime_ray.data.schema import Example
 from prime_ray.data.store import read_examples
 from prime_ray.engine.base import SamplingParams
-from prime_ray.evaluation.metrics import PRIMARY_METRIC, Outcome, candidate_ranking, gold_rank
-from prime_ray.evaluation.report import REPORT_FILES, ModeResult, Report, summarize_mode, write_report
+from prime_ray.data.store import read_user_roles, read_users
+from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
+from prime_ray.evaluation.report import REPORT_FILES, ModeResult, Report, reference_results, summarize_mode, write_report
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory, read_memory
 from prime_ray.models.loading import load_tokenizer
 from prime_ray.models.parser import parse_output
-from prime_ray.models.prompts import ANSWER_PREFIX, completion_text, render_prompt
+from prime_ray.models.prompts import (
+    ANSWER_PREFIX, THINK_CLOSE, THINK_MODES, THINK_OPEN, completion_text, generation_prefix, render_prompt,
+)
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
 from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, config_hash
+from prime_ray.tasks import task_kind
+from prime_ray.traces.stats import gains_of_file
+from prime_ray.traces.store import TRACES_FILE
 from prime_ray.training.artifacts import adapter_dir
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -40,11 +50,14 @@ PREDICTIONS_FILE = "predictions.jsonl"
 # Each mode is a model (None: the generalist; else the student whose adapter it loads) and a prompt mode.
 MODES: dict[EvalMode, tuple[str | None, PromptMode]] = {
     EvalMode.generalist_direct: (None, PromptMode.direct),
+    EvalMode.generalist_personal_direct: (None, PromptMode.personal_direct),
     EvalMode.generalist_think: (None, PromptMode.think),
     EvalMode.generalist_personal_think: (None, PromptMode.personal_think),
     EvalMode.fast_direct: ("fast", PromptMode.direct),
+    EvalMode.fast_personal_direct: ("fast", PromptMode.personal_direct),
     EvalMode.fast_think: ("fast", PromptMode.think),
     EvalMode.prime_direct: ("prime", PromptMode.direct),
+    EvalMode.prime_personal_direct: ("prime", PromptMode.personal_direct),
     EvalMode.prime_personal_think: ("prime", PromptMode.personal_think),
 }
 
@@ -72,18 +85,20 @@ class _AnswerUser:
         self.task = task
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        generations = self.generalist.generate([r["prompt"] for r in rows], self.params)
+        # Think modes start inside the think block: the prefix is generated from, and read with the text.
+        generations = self.generalist.generate([r["prompt"] + r.get("prefix", "") for r in rows], self.params)
         out = []
         for row, gen in zip(rows, generations):
             scores = None
+            text = row.get("prefix", "") + gen.text
             if self.task.kind == "ranking" and row.get("candidates"):
-                parsed = parse_output(gen.text, self.task, row["candidates"])
+                parsed = parse_output(text, self.task, row["candidates"])
                 if parsed.ok:
                     scores = self.generalist.score(
                         [row["prompt"]] * len(row["candidates"]),
                         [completion_text(c, parsed.trace) for c in row["candidates"]],
                     )
-            out.append({"example_id": row["example_id"], "text": gen.text,
+            out.append({"example_id": row["example_id"], "text": text,
                         "completion_tokens": gen.completion_tokens, "finish_reason": gen.finish_reason,
                         "scores": scores})
         return out
@@ -106,13 +121,16 @@ def _outcome(example: Example, prompt_mode: PromptMode, gen: _Generated, task: T
     # never opens a think block (or loops until the token limit) is measured as it is, and one that
     # answers at once thought nothing ("" : 0 words), which the health metrics must show, not drop.
     trace = parsed.trace
-    if prompt_mode != PromptMode.direct and not trace:
+    if prompt_mode in THINK_MODES and not trace:
         marker = gen.text.lower().find(ANSWER_PREFIX.lower())
-        trace = (gen.text if marker < 0 else gen.text[:marker]).strip()
+        before = gen.text if marker < 0 else gen.text[:marker]
+        # with a think tag, the parser's (empty) trace stands: the block was closed at once
+        trace = "" if THINK_OPEN in before or THINK_CLOSE in before else before.strip()
     rank = None
     if task.kind == "ranking" and gen.scores is not None:
         rank = gold_rank(candidate_ranking(parsed.answer, example.candidates or [], gen.scores), example.output)
-    return Outcome(example.example_id, example.output, parsed.answer, trace=trace, gold_rank=rank), parsed
+    return Outcome(example.example_id, example.output, parsed.answer, trace=trace, gold_rank=rank,
+                   strict=parsed.strict), parsed
 
 
 def plan_modes(spec: JobSpec, adapters: dict[str, Path]) -> tuple[list[EvalMode], dict[str, str]]:
@@ -132,7 +150,7 @@ def plan_modes(spec: JobSpec, adapters: dict[str, Path]) -> tuple[list[EvalMode]
 @register_stage
 class EvalStage(Stage):
     name = "eval"
-    requires = ("ingest", "memory", "train")
+    requires = ("ingest", "memory", "traces", "train")
     outputs = (*REPORT_FILES, PREDICTIONS_FILE)
 
     def config(self, spec: JobSpec) -> Any:
@@ -183,6 +201,9 @@ class EvalStage(Stage):
                             results.append(result)
                             ctx.progress.info(_summary_line(result, task))
         shutil.rmtree(ctx.out_dir / "parts", ignore_errors=True)  # predictions.jsonl holds all of it now
+        users_file = ctx.inputs["ingest"] / "users.parquet"
+        results += reference_results(task, by_split, read_users(users_file), read_user_roles(users_file),
+                                     n_resamples=spec.eval.bootstrap_samples, seed=spec.seed)
 
         report = Report(
             job=spec.name,
@@ -197,9 +218,12 @@ class EvalStage(Stage):
             samples=samples,
             bootstrap_samples=spec.eval.bootstrap_samples,
             seed=spec.seed,
+            trace_gains=gains_of_file(ctx.inputs["traces"] / TRACES_FILE),
         )
         write_report(ctx.out_dir, report)
-        primary = PRIMARY_METRIC[task.kind]
+        for claim in report.claims:
+            ctx.progress.info(f"claim {claim.number} on {claim.split}: {claim.verdict}")
+        primary = task_kind(task).primary_metric
         return StageResult(
             counts={"examples": len(evaluated), "modes": len(modes), "skipped_modes": len(skipped),
                     "parse_failures": sum(r.parse_failures for r in results)},
@@ -248,7 +272,7 @@ def _prompt_row(tokenizer, spec: JobSpec, example: Example, mode: PromptMode, me
         candidates=example.candidates, profile=mem.profile, episodes=mem.episodes,
     )
     return {"user_id": example.user_id, "example_id": example.example_id, "prompt": prompt,
-            "candidates": example.candidates}
+            "prefix": generation_prefix(mode), "candidates": example.candidates}
 
 
 def _record(mode: EvalMode, split: str, example: Example, gen: _Generated, task: TaskSpec) -> tuple[dict, Outcome]:
@@ -257,6 +281,7 @@ def _record(mode: EvalMode, split: str, example: Example, gen: _Generated, task:
     record = {
         "mode": mode.value, "split": split, "example_id": example.example_id, "user_id": example.user_id,
         "input": example.input, "gold": example.output, "predicted": parsed.answer, "parse_error": parsed.reason,
+        "strict": parsed.strict,
         "trace": outcome.trace, "text": gen.text, "completion_tokens": gen.completion_tokens,
         "finish_reason": gen.finish_reason, "gold_rank": outcome.gold_rank,
     }
@@ -264,7 +289,7 @@ def _record(mode: EvalMode, split: str, example: Example, gen: _Generated, task:
 
 
 def _summary_line(result: ModeResult, task: TaskSpec) -> str:
-    name = PRIMARY_METRIC[task.kind]
+    name = task_kind(task).primary_metric
     metric = result.metrics[name]
     value = "–" if metric.value is None else f"{metric.value:.3f}"
     interval = f" [{metric.low:.3f}, {metric.high:.3f}]" if metric.low is not None else ""
