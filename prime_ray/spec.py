@@ -193,6 +193,8 @@ class SplitSpec(_Strict):
 
 
 class DataSpec(_Strict):
+    """Where the users come from, the task, its wording, and how users and queries are split."""
+
     source: DataSource
     task: TaskSpec
     prompts: PromptTemplates = PromptTemplates()
@@ -209,6 +211,12 @@ class DataSpec(_Strict):
         description="Label tasks: in each split (train, test_query, test_user) keep the same number of examples "
         "of every label present, a seeded choice, so always answering one label scores 1 / labels.",
     )
+
+    @model_validator(mode="after")
+    def _balance_needs_labels(self) -> "DataSpec":
+        if self.balance_labels and self.task.kind != "label":
+            raise ValueError(f"balance_labels needs a label task, got kind '{self.task.kind}'")
+        return self
 
 
 # -------------------------------------------------------------------------------------- memory
