@@ -120,6 +120,12 @@ class Report:
 
     @property
     def modes(self) -> list[str]:
+        """The model modes, in order (references excluded)."""
+        return [m for m in self.rows if not m.startswith(REFERENCE_PREFIX)]
+
+    @property
+    def rows(self) -> list[str]:
+        """Every mode and reference, in order."""
         return list(dict.fromkeys(r.mode for r in self.results))
 
     def result(self, split: str, mode: str) -> ModeResult | None:
@@ -315,7 +321,7 @@ def plot_report(report: Report, path: Path) -> None:
     bars), and the paired differences of the first split with their intervals and the claims' verdicts."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
 
-    modes, splits = report.modes, report.splits
+    modes, splits = report.rows, report.splits
     panels = [(report.primary_metric, "metrics"), ("repetition", "health")]
     fig = Figure(figsize=(max(8.0, 1.0 * len(modes)), 11.5), layout="constrained")
     axes = fig.subplots(3, 1, height_ratios=[1, 1, 1.1])
