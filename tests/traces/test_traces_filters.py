@@ -90,6 +90,27 @@ def test_applied_filters_depend_on_the_task():
     assert F.applied_filters(TextTask(), FILTERS) == ("parsed", "leaked_hint", "repetition", "length", "gain")
 
 
+def test_min_gain_keeps_traces_that_make_the_gold_answer_more_likely():
+    on = TraceFilters(min_gain=0.0)
+    assert F.applied_filters(RATING, on)[-1] == "gain" and "gain" not in F.applied_filters(RATING, FILTERS)
+    assert [F.gain_passes(g, RATING, on) for g in (0.3, 0.0, -0.71, None)] == [True, False, False, False]
+    assert [F.gain_passes(g, RATING, FILTERS) for g in (-0.71, None)] == [True, False]  # off: any scored gain
+    margin = TraceFilters(min_gain=0.5)
+    assert [F.gain_passes(g, TextTask(), margin) for g in (0.6, 0.4)] == [True, False]
+    assert [F.gain_passes(g, TextTask(), FILTERS) for g in (0.1, -0.1)] == [True, False]  # free text: > 0
+    assert F.keep({"parsed": True, "answer_match": True, "leaked_hint": True, "repetition": True, "length": True,
+                   "gain": False}, RATING, on) is False
+
+
+def test_gain_distribution_by_hand():
+    from prime_ray.traces.stats import gain_distribution
+
+    # sorted: -2 -1 0 1 7; linear percentiles: p10 at position 0.4 -> -1.6, median 0, p90 at 3.6 -> 4.6
+    assert gain_distribution([1.0, -1.0, 7.0, 0.0, -2.0]) == {
+        "n": 5, "mean": 1.0, "p10": -1.6, "median": 0.0, "p90": 4.6, "share_positive": 0.4}
+    assert gain_distribution([])["mean"] is None and gain_distribution([])["n"] == 0
+
+
 def test_rank_by_gain_keeps_the_best_positive_eligible_traces():
     gains = [0.5, 2.0, -1.0, 3.0, None]
     eligible = [True, True, True, False, True]
