@@ -157,6 +157,20 @@ def test_stats_add_up_and_kept_traces_read_back(tmp_path):
     assert trace.score == pytest.approx(2.0)
 
 
+def test_min_gain_and_the_gain_statistics():
+    spec = _spec()
+    _, out = _run(spec, ROWS)
+    _, metrics = trace_stats(out, spec.data.task, spec.traces.filters)
+    # scripted: log p(y | x, trace) = −1, log p(y | x) = −3: every scored trace gains 2 nats
+    assert metrics["gain_kept"] == {"n": 5, "mean": 2.0, "p10": 2.0, "median": 2.0, "p90": 2.0, "share_positive": 1.0}
+    scored = metrics["gain_kept"]["n"] + metrics["gain_rejected"]["n"]
+    strict = _spec(traces={"filters": {"min_gain": 2.5}})
+    _, out = _run(strict, ROWS)
+    counts, metrics = trace_stats(out, strict.data.task, strict.traces.filters)
+    assert counts["kept"] == 0 and counts["after_gain"] == 0 and metrics["filter_order"][-1] == "gain"
+    assert metrics["gain_kept"]["n"] == 0 and metrics["gain_rejected"]["n"] == scored
+
+
 def test_the_stricter_check_asks_g_for_the_answer_without_the_hint():
     spec = _spec(traces={"filters": {"answer_without_hint": True}})
     g, out = _run(spec, ROWS[:3])
