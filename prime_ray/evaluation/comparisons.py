@@ -196,20 +196,20 @@ def claims(
 
     out = []
     one = compare("generalist-direct", "generalist-think", "generalist: direct vs generic thinking")
-    out.append(Claim(1, "generic thinking does not beat answering directly (generalist-think ≤ generalist-direct)",
+    out.append(Claim(1, "generic thinking does not beat answering directly (generalist-think no better than generalist-direct)",
                      split, "generalist-direct", one, _verdict(one, "generalist-direct"),
                      "" if one else "needs generalist-direct and generalist-think"))
 
     fast_direct = _best(FAST_DIRECT, {m: values.get(m) for m in scores}, lower_is_better)
     two = compare(fast_direct, "fast-think", "fast student: its best direct mode vs asked to think")
-    out.append(Claim(2, f"the fast-thinking student degrades when asked to think (fast-think < {fast_direct or 'fast-direct'})",
+    out.append(Claim(2, f"the fast-thinking student degrades when asked to think (fast-think worse than {fast_direct or 'fast-direct'})",
                      split, fast_direct, two, _verdict(two, fast_direct),
                      "" if two else "needs fast-think and a fast direct mode"))
 
     others = [m for m in (*GENERALIST_ALL, *FAST_ALL) if m in scores]
     rival = _best(others, {m: values.get(m) for m in others}, lower_is_better)
     three = compare(PRIME_THINK, rival, "PRIME thinking vs the best other model mode")
-    out.append(Claim(3, f"the PRIME student is best ({PRIME_THINK} > {rival or 'every other model mode'})",
+    out.append(Claim(3, f"the PRIME student is best ({PRIME_THINK} better than {rival or 'every other model mode'})",
                      split, PRIME_THINK, three, _verdict(three, PRIME_THINK),
                      "" if three else f"needs {PRIME_THINK} and another model mode"))
     return out
