@@ -6,6 +6,7 @@ A kind says everything that differs between tasks, so no other module branches o
     answer_tokens       new tokens enough for an answer line
     parse_answer        the answer written on an `Answer:` line (or found by a fallback), normalized
     is_correct          whether a parsed answer is right (trace verification, direct-answer statistics)
+    output_problem      whether a data item's output fits the task (data validation)
     exact_answer        whether answers can be checked exactly (False: free text, ranked by likelihood gain)
     metric_names        the task metrics reported, primary first; `primary_metric` and its direction
     metrics             every task metric with its bootstrap interval, from `Outcome`s
@@ -26,7 +27,7 @@ import numpy as np
 
 from prime_ray.evaluation.metrics import LOWER_IS_BETTER, MetricValue, Outcome, bootstrap_interval
 
-__all__ = ["Reference", "TaskKind", "UnknownTaskKind", "register_task_kind", "task_kind", "task_kinds"]
+__all__ = ["Reference", "TaskKind", "UnknownTaskKind", "register_task_kind", "shown", "task_kind", "task_kinds"]
 
 # (answer normalized for the task or None, the answer text as written or None, why there is no answer or None)
 Parsed = tuple[str | None, str | None, str | None]
@@ -79,6 +80,10 @@ class TaskKind:
     def is_correct(self, task, predicted: str | None, gold: str) -> bool:
         raise NotImplementedError
 
+    def output_problem(self, task, output: str, candidates: Sequence[str] | None) -> tuple[str, str] | None:
+        """(field, message) when a data item's output does not fit the task; None when it does."""
+        raise NotImplementedError
+
     def metric_names(self, task) -> list[str]:
         raise NotImplementedError
 
@@ -97,6 +102,12 @@ class TaskKind:
 
     def references(self, task) -> tuple[Reference, ...]:
         return ()
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def with_interval(n: int, statistic: Callable[[np.ndarray], float], n_resamples: int, seed: int) -> MetricValue:

@@ -31,7 +31,7 @@ from prime_ray.evaluation.metrics import (
     rmse,
     rouge_f,
 )
-from prime_ray.tasks.base import Parsed, Reference, TaskKind, register_task_kind, with_interval
+from prime_ray.tasks.base import Parsed, Reference, TaskKind, register_task_kind, shown, with_interval
 
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?", re.IGNORECASE)
 _WORD_NUMBERS = {
@@ -145,6 +145,17 @@ class RatingKind(TaskKind):
             pred, ref = _round_half_up(pred), _round_half_up(ref)
         return abs(pred - ref) <= task.tolerance + 1e-9
 
+    def output_problem(self, task, output, candidates):
+        try:
+            value = float(output)
+        except ValueError:
+            return "output", f"expected a rating from {task.min:g} to {task.max:g}, got {shown(output)}"
+        if not math.isfinite(value) or not task.min <= value <= task.max:
+            return "output", f"rating {output} is outside {task.min:g}..{task.max:g}"
+        if task.integer and value != int(value):
+            return "output", f"expected a whole-number rating, got {output}"
+        return None
+
     def metric_names(self, task) -> list[str]:
         return ["mae", "rmse", "accuracy"]
 
@@ -219,6 +230,12 @@ class LabelKind(TaskKind):
 
     def is_correct(self, task, predicted, gold) -> bool:
         return predicted is not None and normalize_label(predicted) == normalize_label(gold)
+
+    def output_problem(self, task, output, candidates):
+        if normalize_label(output) not in {normalize_label(label) for label in task.labels}:
+            labels = ", ".join(task.labels[:8]) + (", …" if len(task.labels) > 8 else "")
+            return "output", f"{shown(output)} is not one of the task's labels ({labels})"
+        return None
 
     def metric_names(self, task) -> list[str]:
         return ["accuracy", "macro_f1"]
@@ -302,6 +319,11 @@ class RankingKind(TaskKind):
     def is_correct(self, task, predicted, gold) -> bool:
         return predicted is not None and normalize_text(predicted) == normalize_text(gold)
 
+    def output_problem(self, task, output, candidates):
+        if candidates is None or len(candidates) < 2:
+            return "candidates", "a ranking task needs at least 2 candidates per item"
+        return None
+
     def metric_names(self, task) -> list[str]:
         return ["mrr"] + [f"hit@{k}" for k in task.hit_k]
 
@@ -342,6 +364,9 @@ class TextKind(TaskKind):
 
     def is_correct(self, task, predicted, gold) -> bool:
         return predicted is not None and normalize_text(predicted) == normalize_text(gold)
+
+    def output_problem(self, task, output, candidates):
+        return None if output.strip() else ("output", "a text task needs a non-empty output")
 
     def metric_names(self, task) -> list[str]:
         return ["rouge1", "rougeL"]
