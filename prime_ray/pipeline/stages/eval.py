@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prime_ray.data.schema import Example
-from prime_ray.data.store import read_examples
+from prime_ray.data.store import read_examples, read_user_roles, read_users
 from prime_ray.engine.base import SamplingParams
-from prime_ray.data.store import read_user_roles, read_users
 from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
 from prime_ray.evaluation.report import REPORT_FILES, ModeResult, Report, reference_results, summarize_mode, write_report
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory, read_memory
