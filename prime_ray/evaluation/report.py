@@ -299,8 +299,8 @@ def render_markdown(report: Report) -> str:
                       "generalist (nats; > 0: the trace makes the gold answer more likely):", "",
                   "| traces | n | mean | p10 | median | p90 | share > 0 |", "|---|---:|---:|---:|---:|---:|---:|"]
         lines += [_gain_line(name, report.trace_gains.get(name, {})) for name in ("kept", "rejected")]
-    if report.task.kind == "rating":
-        lines += ["", f"Rating accuracy: share with |prediction − gold| ≤ {report.task.tolerance:g} (data.task.tolerance)."]
+    if note := kind.metric_note(report.task):
+        lines += ["", note]
     lines += [
         "",
         "Unparsed answers count as wrong (ratings: the largest possible error). Strict parse: answers written on an "

@@ -103,6 +103,10 @@ class TaskKind:
     def references(self, task) -> tuple[Reference, ...]:
         return ()
 
+    def metric_note(self, task) -> str | None:
+        """A line the report adds under its tables to define a metric of this kind, if one needs it."""
+        return None
+
 
 def shown(value: Any) -> str:
     """A value as a message shows it: its repr, cut to 40 characters."""

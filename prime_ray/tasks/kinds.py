@@ -172,6 +172,9 @@ class RatingKind(TaskKind):
             "accuracy": with_interval(n, lambda idx: float(scores["accuracy"][idx].mean()), n_resamples, seed),
         }
 
+    def metric_note(self, task) -> str:
+        return f"Rating accuracy: share with |prediction − gold| ≤ {task.tolerance:g} (data.task.tolerance)."
+
     def references(self, task):
         return (
             Reference("global-mean", "crowd", _mean, "the mean rating of the training users' history"),
