@@ -132,7 +132,19 @@ class MovieLensSource(_Strict):
 
     format: Literal["movielens-100k"] = Field("movielens-100k", description="Source format (the union's discriminator).")
     path: str | None = Field(None, description="A directory holding ml-100k.{inter,item,user} (RecBole TSV).")
-    task: Literal["rating", "genre"] = Field("rating", description="Predict the user's rating, or the movie's genre.")
+    task: Literal["rating", "genre", "liked"] = Field(
+        "rating",
+        description="`rating`: the 1–5 rating; `genre`: the movie's first genre; `liked`: whether the user "
+        "rates it 4 or more (labels `yes` / `no`).",
+    )
+    min_ratings: int = Field(
+        0, ge=0, description="Keep only users with at least this many ratings (history and queries together)."
+    )
+    min_like_rate_distance: float = Field(
+        0.0, ge=0, le=1,
+        description="Keep only users whose like-rate (share of history ratings ≥ 4) differs from the crowd's "
+        "(all users' history) by at least this much: users whose taste is their own. 0 keeps everyone.",
+    )
 
 
 class LampSource(_Strict):
@@ -199,6 +211,17 @@ class DataSpec(_Strict):
     max_train_examples_per_user: int | None = Field(
         None, gt=0, description="Leave-one-out examples per training user (chosen by seed)."
     )
+    balance_labels: bool = Field(
+        False,
+        description="Label tasks: in each split (train, test_query, test_user) keep the same number of examples "
+        "of every label present, a seeded choice, so always answering one label scores 1 / labels.",
+    )
+
+    @model_validator(mode="after")
+    def _balance_needs_labels(self) -> "DataSpec":
+        if self.balance_labels and self.task.kind != "label":
+            raise ValueError(f"balance_labels needs a label task, got kind '{self.task.kind}'")
+        return self
 
 
 # -------------------------------------------------------------------------------------- memory
@@ -273,6 +296,12 @@ class TraceFilters(_Strict):
         False, description="Fast filter: skip examples G already answers right directly."
     )
     text_keep_top: int = Field(1, gt=0, description="Free-text tasks: keep the n traces with the largest likelihood gain.")
+    min_gain: float | None = Field(
+        None,
+        description="Any task: keep only traces whose likelihood gain log p(y|x,trace) − log p(y|x) under the "
+        "generalist exceeds this (0: the trace makes the gold answer more likely). None turns the filter off "
+        "for label, rating and ranking tasks (free text always needs a positive gain).",
+    )
 
 
 class TraceSpec(_Strict):
@@ -321,6 +350,11 @@ class TrainSpec(_Strict):
     )
     fast_thinking_baseline: bool = Field(
         False, description="Also train the λ = 0 student with the same code and budget, for the comparison."
+    )
+    answer_prompt: Literal["personal-direct", "direct"] = Field(
+        "personal-direct",
+        description="The prompt of the answer term CE(y|·) (and so of the whole fast-thinking student): "
+        "`personal-direct` shows the user's profile and retrieved episodes, `direct` only the query.",
     )
     learning_rate: float = Field(
         2e-4, gt=0, description="Peak AdamW learning rate (reached after warmup, then cosine decay). "
@@ -384,6 +418,7 @@ _RENAMED_TRAIN_FIELDS = {"lr": "learning_rate", "grad_clip": "max_grad_norm", "g
 
 class PromptMode(str, Enum):
     direct = "direct"
+    personal_direct = "personal-direct"
     think = "think"
     personal_think = "personal-think"
 
@@ -392,11 +427,14 @@ class EvalMode(str, Enum):
     """A model and a prompt mode."""
 
     generalist_direct = "generalist-direct"
+    generalist_personal_direct = "generalist-personal-direct"
     generalist_think = "generalist-think"
     generalist_personal_think = "generalist-personal-think"
     fast_direct = "fast-direct"
+    fast_personal_direct = "fast-personal-direct"
     fast_think = "fast-think"
     prime_direct = "prime-direct"
+    prime_personal_direct = "prime-personal-direct"
     prime_personal_think = "prime-personal-think"
 
 
@@ -484,6 +522,10 @@ class JobSpec(_Strict):
             wanted = "rating" if source.task == "rating" else "label"
             if task.kind != wanted:
                 raise ValueError(f"data.task.kind: MovieLens task '{source.task}' needs kind '{wanted}', got '{task.kind}'")
+            if source.task == "liked" and sorted(label.strip().lower() for label in task.labels) != ["no", "yes"]:
+                raise ValueError(f"data.task.labels: MovieLens task 'liked' needs labels [yes, no], got {task.labels}")
+            if source.min_like_rate_distance > 0 and source.task == "genre":
+                raise ValueError("data.source.min_like_rate_distance: needs ratings (task 'rating' or 'liked')")
         if isinstance(source, ThreadsSource) and task.kind != "ranking":
             raise ValueError(f"data.task.kind: threads data needs kind 'ranking', got '{task.kind}'")
         return self
@@ -521,8 +563,9 @@ def _problems(error: ValidationError) -> list[SpecProblem]:
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
-        if message.startswith("data.task.kind: "):
-            loc, message = ["data", "task", "kind"], message[len("data.task.kind: "):]
+        for prefix in ("data.task.kind", "data.task.labels", "data.source.min_like_rate_distance"):
+            if message.startswith(prefix + ": "):
+                loc, message = prefix.split("."), message[len(prefix) + 2:]
         if err["type"] == "greater_than":
             message = f"must be > {err['ctx']['gt']}"
         elif err["type"] == "greater_than_equal":

@@ -13,6 +13,9 @@
    student never trains on them.
 5. Unlabelled queries (no output: a split published without answers) stay with their user in
    users.parquet, for prediction, and give no example: nothing could score them.
+6. `balance_labels` (label tasks): in each split, every label present keeps as many examples as the
+   rarest one has (a seeded choice), so a constant answer scores 1 / labels. Dropped training examples
+   stay in their user's history (and memory); dropped queries are simply not asked.
 
 Example ids are `example_id(user, item)`: the two ids joined by `/`, each with `%` and `/`
 percent-escaped, so no two (user, item) pairs share an id (`a/b` + `c` is `a%2Fb/c`, `a` + `b/c` is
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from prime_ray.data.schema import Example, Item, Query, UserRecord
+from prime_ray.evaluation.metrics import normalize_label
 from prime_ray.spec import DataSpec, derive_seed
 
 Role = Literal["train", "test_user"]
@@ -117,7 +121,26 @@ def build_examples(users: Sequence[UserRecord], data: DataSpec, seed: int) -> Ex
             memory = history_ids[:i] + history_ids[i + 1:]
             examples.append(_example(user, user.history[i], "train", memory))
         examples += [_example(user, query, "test_query", history_ids) for query in _labelled(user)]
+    if data.balance_labels:
+        examples = balance_labels(examples, seed)
     return ExampleSet(users=chosen, roles=roles, examples=examples)
+
+
+def balance_labels(examples: Sequence[Example], seed: int) -> list[Example]:
+    """Per split, the same number of examples of every label present (the rarest label's count).
+
+    Labels are compared in `normalize_label` form; which examples stay is a seeded choice per split and
+    label, made on examples sorted by id (so the input order does not matter); the order is kept.
+    """
+    keep: set[int] = set()  # positions in `examples`
+    for split in sorted({e.split for e in examples}):
+        by_label: dict[str, list[int]] = {}
+        for i in sorted((i for i, e in enumerate(examples) if e.split == split), key=lambda i: examples[i].example_id):
+            by_label.setdefault(normalize_label(examples[i].output), []).append(i)
+        size = min(len(group) for group in by_label.values())
+        for label, group in sorted(by_label.items()):
+            keep.update(random.Random(derive_seed(seed, "balance", split, label)).sample(group, size))
+    return [e for i, e in enumerate(examples) if i in keep]
 
 
 def _labelled(user: UserRecord) -> list[Query]:

@@ -7,15 +7,16 @@ from pathlib import Path
 from prime_ray.data.adapters.lamp import read_lamp
 from prime_ray.data.adapters.movielens import RECBOLE_REQUIREMENT, movielens_files, read_movielens
 from prime_ray.data.adapters.threads import read_threads
+from prime_ray.data.derived import derive_movielens
 from prime_ray.data.jsonl import read_jsonl
 from prime_ray.data.leakage import remove_leakage
 from prime_ray.data.validation import DataError, LoadResult
 from prime_ray.paths import file_digest
-from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, ThreadsSource
+from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, RatingTask, ThreadsSource
 
 SOURCE_FORMS = (
-    "movielens-100k (ratings), movielens-100k:genre, a directory holding RecBole's <name>.{inter,item,user} "
-    "(DIR or DIR:genre), "
+    "movielens-100k (ratings), movielens-100k:genre, movielens-100k:liked, a directory holding RecBole's "
+    "<name>.{inter,item,user} (DIR or DIR:genre), "
     "a .jsonl file (native; --format threads for threads), "
     "lamp:QUESTIONS.json,OUTPUTS.json or lamp:QUESTIONS.json (a split without outputs)"
 )
@@ -39,8 +40,11 @@ def load_source(source: DataSource, spec: DataSpec | None = None, *, seed: int =
         return remove_leakage(read_lamp(source.questions, source.outputs, task), source.questions)
     if isinstance(source, MovieLensSource):
         split = spec.split if spec is not None else None
-        loaded = read_movielens(source.path, source.task, split, seed, task)
-        return remove_leakage(loaded, loaded.file or describe_source(source))
+        if source.task == "liked":  # read as ratings (checked as 1–5 ratings), relabelled by derive_movielens
+            loaded = read_movielens(source.path, "rating", split, seed, RatingTask(min=1, max=5))
+        else:
+            loaded = read_movielens(source.path, source.task, split, seed, task)
+        return remove_leakage(derive_movielens(loaded, source), loaded.file or describe_source(source))
     raise TypeError(f"unknown data source {source!r}")
 
 
@@ -48,8 +52,9 @@ def parse_source_arg(text: str, format: str | None = None) -> DataSource:
     """A source named on the command line (see SOURCE_FORMS); `format` picks `threads` for a .jsonl file."""
     name, _, option = text.partition(":")
     if name == "movielens-100k":
-        if option not in ("", "rating", "genre"):
-            raise ValueError(f"unknown MovieLens task {option!r}: use movielens-100k or movielens-100k:genre")
+        if option not in ("", "rating", "genre", "liked"):
+            raise ValueError(f"unknown MovieLens task {option!r}: use movielens-100k, movielens-100k:genre "
+                             "or movielens-100k:liked")
         return MovieLensSource(task=option or "rating")
     if name == "lamp":
         questions, comma, outputs = option.partition(",")

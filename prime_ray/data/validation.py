@@ -9,7 +9,6 @@ example ids are `user/item`), and, when a task is given, whether each output fit
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -17,7 +16,9 @@ from pydantic import ValidationError
 
 from prime_ray.data.schema import INT64_MAX, INT64_MIN, Item, UserRecord
 from prime_ray.data.text import find_not_utf8
-from prime_ray.spec import LabelTask, RankingTask, RatingTask, TaskSpec, TextTask
+from prime_ray.spec import TaskSpec
+from prime_ray.tasks import task_kind
+from prime_ray.tasks.base import shown
 
 
 class DataError(ValueError):
@@ -71,9 +72,7 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+_shown = shown  # a value in a message, cut to 40 characters (the task kinds' messages use the same)
 
 
 _EXPECTED = {
@@ -109,32 +108,13 @@ def describe_error(error: dict[str, Any]) -> tuple[str, str]:
 
 
 def task_problem(item: Item, task: TaskSpec) -> tuple[str, str] | None:
-    """Whether an item's output fits the job's task; (field, message) when it does not.
+    """Whether an item's output fits the job's task (the task kind's rule); (field, message) when it does not.
 
     An unlabelled query (output None) fits every task: it has no output to check.
     """
     if item.output is None:
         return None
-    if isinstance(task, RatingTask):
-        try:
-            value = float(item.output)
-        except ValueError:
-            return "output", f"expected a rating from {task.min:g} to {task.max:g}, got {_shown(item.output)}"
-        if not math.isfinite(value) or not task.min <= value <= task.max:
-            return "output", f"rating {item.output} is outside {task.min:g}..{task.max:g}"
-        if task.integer and value != int(value):
-            return "output", f"expected a whole-number rating, got {item.output}"
-    elif isinstance(task, LabelTask):
-        if item.output.strip().lower() not in {label.strip().lower() for label in task.labels}:
-            shown = ", ".join(task.labels[:8]) + (", …" if len(task.labels) > 8 else "")
-            return "output", f"{_shown(item.output)} is not one of the task's labels ({shown})"
-    elif isinstance(task, RankingTask):
-        if item.candidates is None or len(item.candidates) < 2:
-            return "candidates", "a ranking task needs at least 2 candidates per item"
-    elif isinstance(task, TextTask):
-        if not item.output.strip():
-            return "output", "a text task needs a non-empty output"
-    return None
+    return task_kind(task).output_problem(task, item.output, item.candidates)
 
 
 class RowValidator:

@@ -23,18 +23,23 @@ from prime_ray.engine.base import SamplingParams
 from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory
 from prime_ray.models.parser import parse_output
-from prime_ray.models.prompts import ANSWER_PREFIX, completion_text, render_prompt
+from prime_ray.models.prompts import (
+    ANSWER_PREFIX, THINK_CLOSE, THINK_MODES, THINK_OPEN, completion_text, generation_prefix, render_prompt,
+)
 from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, derive_seed
 
 
 # Each mode is a model (None: the generalist; else the student whose adapter it loads) and a prompt mode.
 MODES: dict[EvalMode, tuple[str | None, PromptMode]] = {
     EvalMode.generalist_direct: (None, PromptMode.direct),
+    EvalMode.generalist_personal_direct: (None, PromptMode.personal_direct),
     EvalMode.generalist_think: (None, PromptMode.think),
     EvalMode.generalist_personal_think: (None, PromptMode.personal_think),
     EvalMode.fast_direct: ("fast", PromptMode.direct),
+    EvalMode.fast_personal_direct: ("fast", PromptMode.personal_direct),
     EvalMode.fast_think: ("fast", PromptMode.think),
     EvalMode.prime_direct: ("prime", PromptMode.direct),
+    EvalMode.prime_personal_direct: ("prime", PromptMode.personal_direct),
     EvalMode.prime_personal_think: ("prime", PromptMode.personal_think),
 }
 
@@ -79,19 +84,21 @@ class AnswerUser:
         self.task = config.task
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        generations = self.generalist.generate([r["prompt"] for r in rows], self.params)
+        # Think modes start inside the think block: the prefix is generated from, and read with the text.
+        generations = self.generalist.generate([r["prompt"] + r.get("prefix", "") for r in rows], self.params)
         out = []
         for row, gen in zip(rows, generations):
             scores = None
+            text = row.get("prefix", "") + gen.text
             if self.task.kind == "ranking" and row.get("candidates"):
-                parsed = parse_output(gen.text, self.task, row["candidates"])
+                parsed = parse_output(text, self.task, row["candidates"])
                 if parsed.ok:
                     scores = self.generalist.score(
                         [row["prompt"]] * len(row["candidates"]),
                         [completion_text(c, parsed.trace) for c in row["candidates"]],
                     )
             out.append({"user_id": row["user_id"], "mode": row.get("mode", ""),
-                        "example_id": row["example_id"], "text": gen.text,
+                        "example_id": row["example_id"], "text": text,
                         "completion_tokens": gen.completion_tokens, "finish_reason": gen.finish_reason,
                         "scores": scores})
         return out
@@ -112,16 +119,19 @@ def answer_outcome(example: Example, prompt_mode: PromptMode, gen: Generated, ta
     # never opens a think block (or loops until the token limit) is measured as it is, and one that
     # answers at once thought nothing ("" : 0 words), which the health metrics must show, not drop.
     trace = parsed.trace
-    if prompt_mode != PromptMode.direct and not trace:
+    if prompt_mode in THINK_MODES and not trace:
         marker = gen.text.lower().find(ANSWER_PREFIX.lower())
-        trace = (gen.text if marker < 0 else gen.text[:marker]).strip()
+        before = gen.text if marker < 0 else gen.text[:marker]
+        # with a think tag, the parser's (empty) trace stands: the block was closed at once
+        trace = "" if THINK_OPEN in before or THINK_CLOSE in before else before.strip()
     rank = None
     if task.kind == "ranking" and gen.scores is not None:
         ranking = candidate_ranking(parsed.answer, example.candidates or [], gen.scores)
         # several right answers (e.g. several persuasive replies): the best-placed one counts
         rank = min((r for gold in (example.output, *(example.also_correct or ())) if (r := gold_rank(ranking, gold))),
                    default=None)
-    return Outcome(example.example_id, example.output, parsed.answer, trace=trace, gold_rank=rank), parsed
+    return Outcome(example.example_id, example.output, parsed.answer, trace=trace, gold_rank=rank,
+                   strict=parsed.strict), parsed
 
 def plan_modes(spec: JobSpec, adapters: dict[str, Path]) -> tuple[list[EvalMode], dict[str, str]]:
     """The modes to run (in spec order) and, for the others, why not: a student without an adapter."""
@@ -145,7 +155,7 @@ def prompt_row(tokenizer, spec: JobSpec, example: Example, mode: PromptMode, mem
         candidates=example.candidates, profile=mem.profile, episodes=mem.episodes,
     )
     return {"user_id": example.user_id, "example_id": example.example_id, "prompt": prompt,
-            "candidates": example.candidates}
+            "prefix": generation_prefix(mode), "candidates": example.candidates}
 
 def prediction_record(mode: EvalMode, split: str, example: Example, gen: Generated, task: TaskSpec) -> tuple[dict, Outcome]:
     """One line of predictions.jsonl, and the outcome the metrics read."""
@@ -153,6 +163,7 @@ def prediction_record(mode: EvalMode, split: str, example: Example, gen: Generat
     record = {
         "mode": mode.value, "split": split, "example_id": example.example_id, "user_id": example.user_id,
         "input": example.input, "gold": example.output, "predicted": parsed.answer, "parse_error": parsed.reason,
+        "strict": parsed.strict,
         "trace": outcome.trace, "text": gen.text, "completion_tokens": gen.completion_tokens,
         "finish_reason": gen.finish_reason, "gold_rank": outcome.gold_rank,
     }

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import re
+import string
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -26,13 +28,10 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from prime_ray.spec import LabelTask, RankingTask, RatingTask, TaskSpec, TextTask
-
 CONFIDENCE = 0.95
 REPETITION_N = 3  # the n-gram size of the repetition rate (the trace filter's max_repetition uses 3-grams too)
 
-# The metric each task is judged by first (the report's chart), and which way is better.
-PRIMARY_METRIC = {"label": "accuracy", "rating": "mae", "text": "rouge1", "ranking": "mrr"}
+# Which way is better, per metric name: lower for these, higher for every other one.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "repetition"})
 
 
@@ -45,6 +44,7 @@ class Outcome:
     predicted: str | None  # the parsed, normalized answer; None when the output could not be parsed
     trace: str | None = None  # the reasoning text; None: none was asked for (direct); "": asked, wrote none
     gold_rank: int | None = None  # ranking tasks: 1-based rank of the gold candidate; None when unranked
+    strict: bool | None = None  # the answer came from an `Answer:` line (False: a fallback found it; None: unknown)
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,40 @@ class MetricValue:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
+# ------------------------------------------------------------------------------ normal forms
+
+# Typographic variants a model (or a data file) writes for the same character.
+_TYPOGRAPHIC = str.maketrans({
+    "’": "'", "‘": "'", "ʼ": "'", "′": "'", "`": "'", "´": "'",
+    "“": '"', "”": '"', "„": '"', "″": '"',
+    "‐": "-", "‑": "-", "‒": "-", "–": "-", "—": "-", "―": "-", "−": "-",
+    "\u00a0": " ", "\u2009": " ", "\u202f": " ",
+})
+
+
+def normalize_label(label: str) -> str:
+    """The form labels are compared in, everywhere (parser, `is_correct`, accuracy, macro-F1).
+
+    Unicode NFKC, typographic apostrophes, quotes and dashes as their ASCII forms, case folded,
+    whitespace collapsed: "Children’s" and "children's", "Sci–Fi" and "sci-fi" are the same label.
+    """
+    text = unicodedata.normalize("NFKC", label).translate(_TYPOGRAPHIC)
+    return " ".join(text.casefold().split())
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, punctuation removed, whitespace collapsed: the form text answers are compared in."""
+    text = text.lower().translate(str.maketrans({c: " " for c in string.punctuation + "“”‘’«»…"}))
+    return " ".join(text.split())
+
+
 # ------------------------------------------------------------------------------ label metrics
 
 
-def _norm(label: str) -> str:
-    return label.strip().casefold()
-
-
 def correct_labels(gold: Sequence[str], predicted: Sequence[str | None]) -> np.ndarray:
-    """1.0 where the prediction equals the gold label (case-insensitive), else 0.0 (unparsed: 0)."""
-    return np.array([float(p is not None and _norm(p) == _norm(g)) for g, p in zip(gold, predicted, strict=True)])
+    """1.0 where the prediction is the gold label (`normalize_label`), else 0.0 (unparsed: 0)."""
+    return np.array([float(p is not None and normalize_label(p) == normalize_label(g))
+                     for g, p in zip(gold, predicted, strict=True)])
 
 
 def accuracy(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
@@ -77,8 +101,8 @@ def accuracy(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
 
 def macro_f1(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
     """Mean per-label F1 over the labels present in the gold answers or the parsed predictions."""
-    gold_n = [_norm(g) for g in gold]
-    pred_n = [None if p is None else _norm(p) for p in predicted]
+    gold_n = [normalize_label(g) for g in gold]
+    pred_n = [None if p is None else normalize_label(p) for p in predicted]
     labels = sorted(set(gold_n) | {p for p in pred_n if p is not None})
     if not labels:
         return math.nan
@@ -256,67 +280,21 @@ def mean_interval(values: Sequence[float], *, n_resamples: int, seed: int) -> Me
 # ---------------------------------------------------------------------------- per-mode summary
 
 
-def metric_names(task: TaskSpec) -> list[str]:
-    """The task metrics reported for `task`, primary metric first."""
-    if isinstance(task, LabelTask):
-        return ["accuracy", "macro_f1"]
-    if isinstance(task, RatingTask):
-        return ["mae", "rmse", "accuracy"]
-    if isinstance(task, TextTask):
-        return ["rouge1", "rougeL"]
-    if isinstance(task, RankingTask):
-        return ["mrr"] + [f"hit@{k}" for k in task.hit_k]
-    raise TypeError(f"unknown task kind {type(task).__name__}")
-
-
-def task_metrics(
-    task: TaskSpec, outcomes: Sequence[Outcome], *, n_resamples: int, seed: int
-) -> dict[str, MetricValue]:
-    """Every task metric of `metric_names(task)` with its interval (the same resamples for all: same seed)."""
-    gold = [o.gold for o in outcomes]
-    pred = [o.predicted for o in outcomes]
-    n = len(outcomes)
-
-    def boot(statistic: Callable[[np.ndarray], float]) -> MetricValue:
-        return _with_interval(n, statistic, n_resamples, seed)
-
-    if isinstance(task, LabelTask):
-        right = correct_labels(gold, pred)
-        return {
-            "accuracy": boot(lambda idx: float(right[idx].mean())),
-            "macro_f1": boot(lambda idx: macro_f1([gold[i] for i in idx], [pred[i] for i in idx])),
-        }
-    if isinstance(task, RatingTask):
-        errors = rating_errors(gold, pred, task.min, task.max)
-        within = (errors <= task.tolerance + 1e-9).astype(float)
-        return {
-            "mae": boot(lambda idx: mae(errors[idx])),
-            "rmse": boot(lambda idx: rmse(errors[idx])),
-            "accuracy": boot(lambda idx: float(within[idx].mean())),
-        }
-    if isinstance(task, TextTask):
-        rouge = rouge_f(gold, pred)
-        return {name: boot(lambda idx, a=rouge[name]: float(a[idx].mean())) for name in ("rouge1", "rougeL")}
-    if isinstance(task, RankingTask):
-        ranks = [o.gold_rank for o in outcomes]
-        out = {"mrr": boot(lambda idx, rr=reciprocal_ranks(ranks): float(rr[idx].mean()))}
-        for k in task.hit_k:
-            out[f"hit@{k}"] = boot(lambda idx, h=hits(ranks, k): float(h[idx].mean()))
-        return out
-    raise TypeError(f"unknown task kind {type(task).__name__}")
-
-
 def thinking_health(outcomes: Sequence[Outcome], *, n_resamples: int, seed: int) -> dict[str, MetricValue]:
-    """Parse rate, repetition rate (mean over traces of ≥ 3 words), distinct-2 and mean trace length.
+    """Parse rates, repetition rate (mean over traces of ≥ 3 words), distinct-2 and mean trace length.
 
-    Only repetition carries an interval. Trace length counts an empty trace (asked to think, answered
-    at once) as 0 words; modes that were not asked to think (trace None) get None for trace metrics.
+    `parse_rate` counts every parsed answer; `strict_parse_rate` only those written on an `Answer:`
+    line (the rest were found by the parser's fallback, which reads the end of the text). Only
+    repetition carries an interval. Trace length counts an empty trace (asked to think, answered at
+    once) as 0 words; modes that were not asked to think (trace None) get None for trace metrics.
     """
     n = len(outcomes)
     traces = [o.trace for o in outcomes if o.trace is not None]
     repetition = [r for r in (repetition_rate(t) for t in traces) if r is not None]
+    strict = sum(o.predicted is not None and o.strict is not False for o in outcomes)
     return {
         "parse_rate": MetricValue(sum(o.predicted is not None for o in outcomes) / n if n else None),
+        "strict_parse_rate": MetricValue(strict / n if n else None),
         "repetition": mean_interval(repetition, n_resamples=n_resamples, seed=seed) if repetition else MetricValue(None),
         "distinct_2": MetricValue(distinct_n(traces)),
         "trace_words": MetricValue(float(np.mean([len(words(t)) for t in traces])) if traces else None),

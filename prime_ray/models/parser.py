@@ -4,22 +4,25 @@ Small models write malformed output often, so the parser is lenient where the in
 says why (`reason`) where it is not:
 - the trace is the text inside `<think>…</think>`; an unclosed block ends at the answer line;
 - the answer is the first `Answer:` line after the trace (markdown, case and "Final answer" allowed;
-  text after it is ignored); without one, a task-specific fallback looks at the end of the text;
-- the answer is normalized for the task: a label of the set (its spelling), a number ("4", "3.5"),
-  a candidate's text (a number "2" or "[2]" maps to the second candidate), or the text itself.
+  text after it is ignored) that is not an echoed placeholder: a value wrapped whole in parentheses or
+  angle brackets ("Answer: (a whole number from 1 to 5)", "Answer: <answer>") followed by another
+  answer line is the prompt's format repeated, not an answer. Such an answer is *strict*;
+- without an answer line, the task kind's fallback looks at the end of the text (`strict` False);
+- the answer is normalized by the task kind (`prime_ray.tasks`): a label of the set (its spelling), a
+  number ("4", "3.5"), a candidate's text, or the text itself.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prime_ray.evaluation.metrics import normalize_label, normalize_text
 from prime_ray.spec import TaskSpec
+from prime_ray.tasks import task_kind
 
-__all__ = ["ParsedOutput", "is_correct", "normalize_text", "parse_output"]
+__all__ = ["ParsedOutput", "is_correct", "normalize_label", "normalize_text", "parse_output"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class ParsedOutput:
     answer: str | None  # the answer normalized for the task (a label of the set, "4", a candidate), None if unparseable
     raw_answer: str | None  # the answer text as written
     reason: str | None  # why no answer could be parsed (None when `answer` is set)
+    strict: bool = False  # the answer was written on an `Answer:` line (False: found by the fallback, or none)
 
     @property
     def ok(self) -> bool:
@@ -38,20 +42,8 @@ _THINK_OPEN = re.compile(r"<\s*think\s*>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"<\s*/\s*think\s*>", re.IGNORECASE)
 # "Answer:", "**Answer:**", "Final answer -", "ANSWER：" at the start of a line or after a sentence.
 _ANSWER = re.compile(r"(?:^|(?<=[\s*#>_.]))(?:final\s+)?answer\s*\**\s*[:：]\s*\**", re.IGNORECASE | re.MULTILINE)
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?", re.IGNORECASE)
-_WORD_NUMBERS = {
-    w: i
-    for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])
-}
-_WRAPPERS = " \t\r\n*_`\"'“”‘’«»[](){}<>"
-_TRAILING = _WRAPPERS + ".,;:!?"
-_CANDIDATE_NUMBER = re.compile(r"^(?:candidate|option|choice|reply|number|no\.?)?\s*[\[(]?#?(\d+)[\])]?(?:\W.*)?$", re.IGNORECASE | re.DOTALL)
-
-
-def normalize_text(text: str) -> str:
-    """Lowercase, punctuation removed, whitespace collapsed: the form text answers are compared in."""
-    text = text.lower().translate(str.maketrans({c: " " for c in string.punctuation + "“”‘’«»…"}))
-    return " ".join(text.split())
+# A value that is a format placeholder, not an answer: "(a whole number from 1 to 5)", "<answer>".
+_PLACEHOLDER = re.compile(r"^[\s*_`]*(?:\([^()]*[A-Za-z][^()]*\)|<[^<>]*[A-Za-z][^<>]*>)[\s*_`.]*$")
 
 
 def _split_trace(text: str) -> tuple[str | None, str, bool]:
@@ -71,11 +63,7 @@ def _split_trace(text: str) -> tuple[str | None, str, bool]:
     return None, text, False
 
 
-def _answer_text(rest: str, multiline: bool) -> str | None:
-    """The text after the first answer marker: its line (or paragraph for free text); None if no marker."""
-    match = _ANSWER.search(rest)
-    if not match:
-        return None
+def _value_after(rest: str, match: re.Match, multiline: bool) -> str:
     after = rest[match.end() :].lstrip(" \t")
     if after.startswith(("\n", "\r")) or not after.strip():  # "Answer:\n4": the value is on the next line
         after = after.lstrip()
@@ -84,177 +72,41 @@ def _answer_text(rest: str, multiline: bool) -> str | None:
     return after.split("\n", 1)[0].strip()
 
 
-def _strip_wrappers(text: str) -> str:
-    return text.strip(_TRAILING)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-# ------------------------------------------------------------------------------------- per task
-
-
-def _numbers(text: str, words: bool = False) -> list[float]:
-    """Numbers in order; "4/5" and "4 out of 5" count as their numerator; number words when `words`."""
-    found: list[tuple[int, float]] = []
-    for match in _NUMBER.finditer(text):
-        head = re.match(r"[-+]?\d+(?:\.\d+)?", match.group()).group()
-        found.append((match.start(), float(head)))
-    if words:
-        for match in re.finditer(r"\b(" + "|".join(_WORD_NUMBERS) + r")\b", text, re.IGNORECASE):
-            found.append((match.start(), float(_WORD_NUMBERS[match.group(1).lower()])))
-    return [value for _, value in sorted(found)]
-
-
-def _format_number(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:g}"
-
-
-def _round_half_up(value: float) -> float:
-    return float(math.floor(value + 0.5))
-
-
-def _rating(raw: str | None, fallback_text: str, task) -> tuple[str | None, str | None, str | None]:
-    lo, hi = task.min, task.max
-    bounds = f"[{_format_number(lo)}, {_format_number(hi)}]"
-    if raw is not None:
-        values = _numbers(raw, words=True)
-        if not values:
-            return None, raw, f"no number in answer {raw!r}"
-        value = _round_half_up(values[0]) if task.integer else values[0]
-        if not lo <= value <= hi:
-            return None, raw, f"rating {_format_number(values[0])} out of range {bounds}"
-        return _format_number(value), raw, None
-    in_range = [v for v in _numbers(fallback_text) if lo <= (_round_half_up(v) if task.integer else v) <= hi]
-    if not in_range:
-        return None, None, f"no answer found (no number in range {bounds})"
-    value = _round_half_up(in_range[-1]) if task.integer else in_range[-1]
-    return _format_number(value), _format_number(in_range[-1]), None
-
-
-def _mentioned(options: Sequence[str], text: str) -> list[str]:
-    """Options written in `text` as whole words; an option inside a longer mentioned one does not count."""
-    lowered = text.lower()
-    hits = [o for o in options if re.search(r"(?<!\w)" + re.escape(o.lower()) + r"(?!\w)", lowered)]
-    return [o for o in hits if not any(o != other and o.lower() in other.lower() for other in hits)]
-
-
-def _label(raw: str | None, fallback_text: str, task) -> tuple[str | None, str | None, str | None]:
-    by_key = {label.strip().lower(): label for label in task.labels}
-    if raw is not None:
-        cleaned = _strip_wrappers(raw)
-        if cleaned.lower() in by_key:
-            return by_key[cleaned.lower()], raw, None
-        hits = _mentioned(task.labels, cleaned)
-        if len(hits) == 1:
-            return hits[0], raw, None
-        if len(hits) > 1:
-            return None, raw, f"answer {cleaned!r} names several labels: {', '.join(hits)}"
-        return None, raw, f"label {cleaned!r} not in label set"
-    line = _last_line(fallback_text)
-    hits = _mentioned(task.labels, line)
-    if len(hits) == 1:
-        return hits[0], _strip_wrappers(line), None
-    return None, None, "no answer found" + (f" (several labels at the end: {', '.join(hits)})" if hits else "")
-
-
-def _candidate(raw: str, candidates: Sequence[str]) -> tuple[str | None, str | None]:
-    """(candidate, None) or (None, why): the candidate's text, its number ("2", "[2]", "Candidate 2"), or
-    an unambiguous part of its text."""
-    cleaned = _strip_wrappers(raw)
-    key = normalize_text(cleaned)
-    if not key:
-        return None, "empty answer"
-    exact = [c for c in candidates if normalize_text(c) == key]
-    if exact:
-        return exact[0], None
-    number = _CANDIDATE_NUMBER.match(cleaned)
-    if number:
-        index = int(number.group(1))
-        if 1 <= index <= len(candidates):
-            return candidates[index - 1], None
-        return None, f"candidate {index} out of range [1, {len(candidates)}]"
-    partial = [c for c in candidates if (len(key) >= 8 and normalize_text(c).startswith(key)) or normalize_text(c) in key]
-    if len(partial) == 1:
-        return partial[0], None
-    return None, f"answer {cleaned[:60]!r} matches {'several candidates' if partial else 'no candidate'}"
-
-
-def _ranking(raw: str | None, fallback_text: str, candidates) -> tuple[str | None, str | None, str | None]:
-    if not candidates:
-        return None, raw, "no candidates given for a ranking task"
-    if raw is not None:
-        chosen, why = _candidate(raw, candidates)
-        return chosen, raw, why
-    line = _last_line(fallback_text)
-    if not line:
-        return None, None, "no answer found"
-    mention = re.search(r"(?:candidate|option|choice|reply)\s*#?\[?(\d+)\]?|\[(\d+)\]", line, re.IGNORECASE)
-    if mention:
-        index = int(mention.group(1) or mention.group(2))
-        if 1 <= index <= len(candidates):
-            return candidates[index - 1], _strip_wrappers(line), None
-    chosen, _ = _candidate(line, candidates)
-    if chosen is not None:
-        return chosen, _strip_wrappers(line), None
-    return None, None, "no answer found"
-
-
-def _text(raw: str | None, fallback_text: str, fallback_allowed: bool) -> tuple[str | None, str | None, str | None]:
-    if raw is None:
-        if not fallback_allowed:
-            return None, None, "no answer found"
-        raw = fallback_text.strip()
-    answer = raw.strip().strip(_WRAPPERS).strip()
-    if not answer:
-        return None, raw or None, "empty answer"
-    return answer, raw, None
+def _answer_text(rest: str, multiline: bool) -> str | None:
+    """The value of the first answer line that is not an echoed placeholder; None if there is no marker."""
+    matches = list(_ANSWER.finditer(rest))
+    if not matches:
+        return None
+    for match, following in zip(matches, matches[1:]):
+        value = _value_after(rest, match, multiline)
+        # A placeholder counts as one only when a real answer line follows it; a lone "(4)" is an answer.
+        if not (_PLACEHOLDER.match(value) and "\n" in rest[match.end() : following.start()]):
+            return value
+    return _value_after(rest, matches[-1], multiline)
 
 
 def parse_output(text: str, task: TaskSpec, candidates: Sequence[str] | None = None) -> ParsedOutput:
-    """Trace and normalized answer from generated text; `reason` says why when there is no answer."""
+    """Trace and normalized answer from generated text; `reason` says why when there is no answer.
+
+    Any input gives a `ParsedOutput` (non-text input is read as its `str`); it never raises.
+    """
     try:
-        text = text or ""
+        kind = task_kind(task)
+        text = text if isinstance(text, str) else ("" if text is None else str(text))
         trace, rest, closed = _split_trace(text)
-        raw = _answer_text(rest, multiline=task.kind == "text")
+        raw = _answer_text(rest, multiline=kind.multiline_answer)
         # Without an answer line, fall back to what follows the trace (or the whole text if none was opened).
         fallback = rest if (closed or trace is None) else ""
-        if task.kind == "rating":
-            answer, raw_answer, reason = _rating(raw, fallback, task)
-        elif task.kind == "label":
-            answer, raw_answer, reason = _label(raw, fallback, task)
-        elif task.kind == "ranking":
-            answer, raw_answer, reason = _ranking(raw, fallback, list(candidates or []))
-        else:
-            answer, raw_answer, reason = _text(raw, fallback, fallback_allowed=bool(fallback.strip()))
+        answer, raw_answer, reason = kind.parse_answer(task, raw, fallback, list(candidates or []))
         if answer is None and not text.strip():
             reason = "empty output"
-        return ParsedOutput(trace=trace or None, answer=answer, raw_answer=raw_answer, reason=reason if answer is None else None)
+        return ParsedOutput(trace=trace or None, answer=answer, raw_answer=raw_answer,
+                            reason=reason if answer is None else None, strict=answer is not None and raw is not None)
     except Exception as error:  # noqa: BLE001 - the contract: model output never makes the parser raise
         return ParsedOutput(trace=None, answer=None, raw_answer=None, reason=f"parser error: {error!r}")
 
 
-def _as_number(value: str) -> float | None:
-    try:
-        return float(value.strip().replace(",", "."))
-    except (ValueError, AttributeError):
-        numbers = _numbers(value or "")
-        return numbers[0] if numbers else None
-
-
 def is_correct(task: TaskSpec, predicted: str | None, gold: str) -> bool:
-    """Exact label match (case-insensitive), |rating − gold| ≤ tolerance, candidate match, text equality."""
-    if predicted is None:
-        return False
-    if task.kind == "rating":
-        pred, ref = _as_number(predicted), _as_number(gold)
-        if pred is None or ref is None:
-            return False
-        if task.integer:
-            pred, ref = _round_half_up(pred), _round_half_up(ref)
-        return abs(pred - ref) <= task.tolerance + 1e-9
-    if task.kind == "label":
-        return predicted.strip().lower() == gold.strip().lower()
-    return normalize_text(predicted) == normalize_text(gold)
+    """The task kind's verdict: the same label (`normalize_label`), |rating − gold| ≤ tolerance, the same
+    candidate, the same text (`normalize_text`). An unparsed prediction (None) is never correct."""
+    return task_kind(task).is_correct(task, predicted, gold)

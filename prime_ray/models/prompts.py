@@ -1,9 +1,18 @@
-"""Prompts for the three modes, rendered with the model's chat template, and the completions the
+"""Prompts for the four modes, rendered with the model's chat template, and the completions the
 student is trained on.
 
+    direct           the query only; answer at once
+    personal-direct  the user's memory (profile + retrieved episodes) and the query; answer at once
+    think            the query only; reason step by step, then answer
+    personal-think   the user's memory and the query; reason about this user, then answer
+
 Completion format (what G is asked to write, what the student learns, what the parser reads):
-    direct:                    "Answer: <answer>"
+    direct / personal-direct:  "Answer: <answer>"
     think / personal-think:    "<think>\n<reasoning>\n</think>\nAnswer: <answer>"
+
+In think modes the generation starts inside the think block (`generation_prefix`): the prompt ends
+with "<think>\n", so every think-mode answer has a trace to measure (an empty one when the model
+closes the block at once).
 
 The answer is written the way the parser returns it: a label of the set, a number, the text, or — for
 ranking — the chosen candidate's text (the candidates are numbered in the prompt; the parser also
@@ -20,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from prime_ray.data.schema import Item
 from prime_ray.spec import PromptMode, PromptTemplates, TaskSpec
+from prime_ray.tasks import task_kind
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -28,7 +38,10 @@ __all__ = [
     "ANSWER_PREFIX",
     "THINK_CLOSE",
     "THINK_OPEN",
+    "PERSONAL_MODES",
+    "THINK_MODES",
     "completion_text",
+    "generation_prefix",
     "render_profile_prompt",
     "render_prompt",
     "task_answer_instruction",
@@ -37,6 +50,10 @@ __all__ = [
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 ANSWER_PREFIX = "Answer:"
+
+# The modes whose prompt holds the user's memory, and those that ask for reasoning first.
+PERSONAL_MODES = frozenset({PromptMode.personal_direct, PromptMode.personal_think})
+THINK_MODES = frozenset({PromptMode.think, PromptMode.personal_think})
 
 # Long inputs (reviews, posts) are cut in the prompt so a handful of episodes fits a small context.
 DEFAULT_MAX_ITEM_CHARS = 300
@@ -50,20 +67,18 @@ _THINK_INSTRUCTION = {
 }
 
 
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
 def task_answer_instruction(task: TaskSpec) -> str:
-    """What the answer must look like for the task, as one sentence."""
-    if task.kind == "label":
-        return "Answer with exactly one of these labels: " + ", ".join(task.labels) + "."
-    if task.kind == "rating":
-        kind = "a whole number" if task.integer else "a number"
-        return f"Answer with {kind} from {_number(task.min)} to {_number(task.max)}."
-    if task.kind == "ranking":
-        return "Answer with the text of the one candidate this user would choose."
-    return "Answer with the text only."
+    """What the answer must look like for the task, as one sentence (the task kind's)."""
+    return task_kind(task).answer_instruction(task)
+
+
+def generation_prefix(mode: PromptMode) -> str:
+    """What a generation in `mode` starts with, written after the prompt: "<think>\n" in think modes.
+
+    Trace synthesis starts inside the think block the same way; the parser reads the prefix and the
+    generated text together (`generation_prefix(mode) + text`).
+    """
+    return THINK_OPEN + "\n" if PromptMode(mode) in THINK_MODES else ""
 
 
 def _clip(text: str, limit: int) -> str:
@@ -100,15 +115,16 @@ def render_prompt(
 ) -> str:
     """The full prompt text (chat template applied, generation prompt added) for one example.
 
-    `profile` and `episodes` are used only in personal-think mode. `hint` (the gold answer) makes it a
-    rationalization prompt: write the reasoning (from this user's memory in personal-think) that leads
-    to this answer, without saying the answer was given. A hint needs a think mode.
+    `profile` and `episodes` are used only in the personal modes (personal-direct, personal-think).
+    `hint` (the gold answer) makes it a rationalization prompt: write the reasoning (from this user's
+    memory in personal-think) that leads to this answer, without saying the answer was given. A hint
+    needs a think mode. The prompt does not hold `generation_prefix(mode)`: callers that generate add it.
     """
     mode = PromptMode(mode)
-    if hint is not None and mode == PromptMode.direct:
-        raise ValueError("a hint (rationalization) needs a think mode, not 'direct'")
+    if hint is not None and mode not in THINK_MODES:
+        raise ValueError(f"a hint (rationalization) needs a think mode, not {mode.value!r}")
     parts = [templates.instruction]
-    if mode == PromptMode.personal_think:
+    if mode in PERSONAL_MODES:
         if profile:
             parts.append(f"About this user: {profile.strip()}")
         if episodes:
@@ -124,7 +140,7 @@ def render_prompt(
             "as if you worked it out yourself. Do not say that the answer was given to you. "
             "Then answer."
         )
-    elif mode != PromptMode.direct:
+    elif mode in THINK_MODES:
         parts.append(_THINK_INSTRUCTION[mode])
     parts.append(task_answer_instruction(task))
     parts.append(templates.answer_format)

@@ -10,7 +10,8 @@ ones the spec turns on.
     hint_not_leaked  the trace does not say that the answer was given, nor open by stating it
     low_repetition   the share of repeated word 3-grams is at most `max_repetition` (no degenerate loop)
     length_in_range  the trace has between `min_trace_words` and `max_trace_words` words
-    top_gain         free text: log p(y | x, trace) − log p(y | x) > 0 and among the best `text_keep_top`
+    enough_gain      log p(y | x, trace) − log p(y | x) above `min_gain` (any task, when set); free text:
+                     also > 0 and among the best `text_keep_top`
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from prime_ray.evaluation import metrics
-from prime_ray.evaluation.metrics import words
+from prime_ray.evaluation.metrics import repetition_rate, words
 from prime_ray.spec import TaskSpec, TraceFilters
+from prime_ray.tasks import task_kind
 
-FILTERS = ("parsed", "answer_match", "hint_not_leaked", "low_repetition", "length_in_range", "top_gain")
+FILTERS = ("parsed", "answer_match", "hint_not_leaked", "low_repetition", "length_in_range", "enough_gain")
 
 # Phrases with which a rationalization gives away that it was handed the answer.
 _LEAK_PATTERNS = [
@@ -40,12 +41,10 @@ _LEAK_RE = re.compile("|".join(_LEAK_PATTERNS), re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
 
 
-def repetition_rate(text: str, n: int = 3) -> float:
-    """Share of word n-grams that repeat an earlier one: 0 for fresh text (or too short), near 1 for a loop.
-
-    The same measure the evaluation reports, so a trace kept here scores the same there.
-    """
-    rate = metrics.repetition_rate(text, n)
+def repetition(text: str) -> float:
+    """The evaluation's `repetition_rate` (the same measure, so a trace kept here scores the same there),
+    with 0.0 for a text too short to repeat itself."""
+    rate = repetition_rate(text)
     return 0.0 if rate is None else rate
 
 
@@ -86,7 +85,7 @@ def verdicts(
     gold: str,
     filters: TraceFilters,
 ) -> dict[str, bool]:
-    """The verdicts that need no ranking against sibling traces (all but `top_gain`).
+    """The verdicts that need no ranking against sibling traces (all but `enough_gain`).
 
     `trace` is None when the output could not be parsed; `answer_ok` is whether the trace's answer is
     right (None when there is no exact answer to check, e.g. free text).
@@ -98,23 +97,35 @@ def verdicts(
         "parsed": True,
         "answer_match": bool(answer_ok),
         "hint_not_leaked": not leaks_hint(trace, gold),
-        "low_repetition": repetition_rate(trace) <= filters.max_repetition,
+        "low_repetition": repetition(trace) <= filters.max_repetition,
         "length_in_range": filters.min_trace_words <= count <= filters.max_trace_words,
     }
 
 
 def applied_filters(task: TaskSpec, filters: TraceFilters) -> tuple[str, ...]:
     """The filters a trace must pass to be kept, in the order the statistics count them."""
-    exact = task.kind != "text"
+    exact = task_kind(task).exact_answer
     on = {
         "parsed": True,
         "answer_match": exact and filters.answer_match,
         "hint_not_leaked": filters.leaked_hint,
         "low_repetition": True,
         "length_in_range": True,
-        "top_gain": not exact,
+        "enough_gain": not exact or filters.min_gain is not None,
     }
     return tuple(name for name in FILTERS if on[name])
+
+
+def gain_passes(gain: float | None, task: TaskSpec, filters: TraceFilters) -> bool:
+    """The gain verdict before free-text ranking: above `min_gain` when set, and above 0 for free text.
+
+    A trace without a gain (its scoring failed) does not pass.
+    """
+    if gain is None:
+        return False
+    if filters.min_gain is not None and not gain > filters.min_gain:
+        return False
+    return task_kind(task).exact_answer or gain > 0
 
 
 def rank_by_gain(gains: Sequence[float | None], eligible: Sequence[bool], keep_top: int) -> list[bool]:

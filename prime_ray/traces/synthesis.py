@@ -35,6 +35,7 @@ from prime_ray.memory.profiles import Generalist
 from prime_ray.models.parser import is_correct, parse_output
 from prime_ray.models.prompts import THINK_OPEN, completion_text, render_prompt
 from prime_ray.spec import JobSpec, PromptMode, TaskSpec, derive_seed
+from prime_ray.tasks import task_kind
 from prime_ray.traces import filters as F
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ T = TypeVar("T")
 
 
 def answer_tokens(task: TaskSpec) -> int:
-    """New tokens enough for an answer line of the task."""
-    return {"rating": 8, "label": 16, "ranking": 48}.get(task.kind) or task.max_answer_tokens + 8
+    """New tokens enough for an answer line of the task (the task kind's budget)."""
+    return task_kind(task).answer_tokens(task)
 
 
 def answer_prefix(trace: str | None) -> str:
@@ -230,8 +231,8 @@ class TraceSynthesizer:
                 s["gain"] = logp - w.baseline_logp
 
     def _answer_ok(self, s: dict[str, Any], gold: str) -> bool | None:
-        if self.task.kind == "text":
-            return None  # no exact answer to match: the likelihood gain ranks free text
+        if not task_kind(self.task).exact_answer:
+            return None  # no exact answer to match (free text): the likelihood gain ranks it
         answers = [s["answer"]] + ([s.get("answer_without_hint")] if self.filters.answer_without_hint else [])
         return all(a is not None and is_correct(self.task, a, gold) for a in answers)
 
@@ -244,14 +245,14 @@ class TraceSynthesizer:
             readable = s["trace"] if s["answer"] is not None else None  # a trace without an answer is unparseable
             s["verdicts"] = F.verdicts(trace=readable, answer_ok=self._answer_ok(s, gold), gold=gold,
                                        filters=self.filters)
-            s["verdicts"]["top_gain"] = s.get("gain") is not None and s["gain"] > 0
+            s["verdicts"]["enough_gain"] = F.gain_passes(s.get("gain"), self.task, self.filters)
         judged = [s for s in w.samples if s["verdicts"] is not None]
-        if self.task.kind == "text":
-            eligible = [all(s["verdicts"][n] for n in F.applied_filters(self.task, self.filters) if n != "top_gain")
-                        for s in judged]
+        if not task_kind(self.task).exact_answer:
+            eligible = [all(s["verdicts"][n] for n in F.applied_filters(self.task, self.filters)) for s in judged]
+            # `enough_gain` already holds the threshold verdict; the ranking keeps the best of those that pass it
             top = F.rank_by_gain([s.get("gain") for s in judged], eligible, self.filters.text_keep_top)
             for s, best in zip(judged, top):
-                s["verdicts"]["top_gain"] = best
+                s["verdicts"]["enough_gain"] = best
         for s in judged:
             s["kept"] = F.keep(s["verdicts"], self.task, self.filters)
 
@@ -281,7 +282,7 @@ class TraceSynthesizer:
             "kept": bool(s.get("kept", False)),
             "verdicts": s.get("verdicts"),
             "likelihood_gain": s.get("gain"),
-            "repetition": F.repetition_rate(trace or s.get("raw_text") or "") if s.get("raw_text") else None,
+            "repetition": F.repetition(trace or s.get("raw_text") or "") if s.get("raw_text") else None,
             "direct_answer": w.direct_answer,
             "direct_correct": w.direct_correct,
             # everything generated for this row; the example's direct answer counts on its first row

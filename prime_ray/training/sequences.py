@@ -2,12 +2,15 @@
 
 Each training example gives the student up to two kinds of sequence (one *term* of the objective each):
 
-    direct:  render_prompt(direct, x)                        -> completion_text(y)          + EOS
+    direct:  render_prompt(personal-direct, x, profile, eps) -> completion_text(y)          + EOS
     think:   render_prompt(personal-think, x, profile, eps)  -> completion_text(y, trace)   + EOS
 
-Labels are -100 on prompt tokens, so only the completion is learned. An example without a kept trace
-gives only its direct sequence. Truncation never cuts the answer: a think prompt loses its least
-relevant episodes first, then the trace is shortened; a direct prompt loses the start of the query
+The answer term's prompt is `train.answer_prompt`: `personal-direct` (the default: the same memory the
+think term sees, so the fast-thinking student, trained on this term alone, can learn to use the user's
+memory without thinking: the fair baseline) or `direct` (the query only). Labels are -100 on prompt
+tokens, so only the completion is learned. An example without a kept trace gives only its direct
+sequence. Truncation never cuts the answer: a prompt with memory loses its least relevant episodes
+first; then a think sequence's trace is shortened and a direct prompt loses the start of the query
 input. When even the shortest prompt and the answer do not fit in `max_length`, the example (or its
 think sequence) is dropped and the reason is counted.
 
@@ -76,12 +79,16 @@ class SequenceBuilder:
     """Tokenizes examples into direct and think sequences that fit in `max_length` tokens."""
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, *, task: TaskSpec, templates: PromptTemplates, max_length: int
+        self, tokenizer: PreTrainedTokenizerBase, *, task: TaskSpec, templates: PromptTemplates, max_length: int,
+        answer_prompt: PromptMode = PromptMode.personal_direct,
     ):
         self.tokenizer = tokenizer
         self.task = task
         self.templates = templates
         self.max_length = max_length
+        self.answer_prompt = PromptMode(answer_prompt)
+        if self.answer_prompt not in (PromptMode.direct, PromptMode.personal_direct):
+            raise ValueError(f"the answer term needs a direct prompt mode, not {self.answer_prompt.value!r}")
         self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def build(
@@ -95,7 +102,8 @@ class SequenceBuilder:
         out = Collation()
         for example in examples:
             out.counts["examples"] += 1
-            direct = self.direct_sequence(example, out.counts)
+            mem = memory.get(example.example_id)
+            direct = self.direct_sequence(example, out.counts, mem)
             if direct is None:
                 out.counts["dropped_answer_does_not_fit"] += 1
                 continue
@@ -104,7 +112,6 @@ class SequenceBuilder:
             if not kept:
                 out.counts["examples_direct_only"] += 1
                 continue
-            mem = memory.get(example.example_id)
             if mem is None:
                 raise KeyError(f"example {example.example_id!r} has kept traces but no memory row")
             for trace in kept:
@@ -119,21 +126,39 @@ class SequenceBuilder:
 
     # ------------------------------------------------------------------------------ sequences
 
-    def direct_sequence(self, example: Example, counts: Counter | None = None) -> TrainSequence | None:
-        """Prompt + `Answer: y`; the query input loses its start if that is what it takes to fit."""
+    def direct_sequence(
+        self, example: Example, counts: Counter | None = None, memory: MemoryLike | None = None
+    ) -> TrainSequence | None:
+        """Prompt + `Answer: y`. With a personal-direct answer prompt, the episodes go first (least relevant
+        first), then the query input loses its start, if that is what it takes to fit. An example without
+        a memory row gets the memory-free direct prompt (counted as `direct_without_memory`)."""
+        counts = counts if counts is not None else Counter()
         completion = self._encode(completion_text(example.output)) + self.eos
         budget = self.max_length - len(completion)
+        mode, profile, episodes = PromptMode.direct, None, ()
+        if self.answer_prompt == PromptMode.personal_direct:
+            if memory is None:
+                counts["direct_without_memory"] += 1
+            else:
+                mode, profile, episodes = PromptMode.personal_direct, memory.profile, tuple(memory.episodes)
+        for keep in range(len(episodes), 0, -1):
+            prompt = self._encode(self._render(mode, example, example.input, profile, episodes[:keep]))
+            if len(prompt) <= budget:
+                if keep < len(episodes):
+                    counts["episodes_trimmed"] += 1
+                return _sequence(example.example_id, "direct", prompt, completion)
+        if episodes:
+            counts["episodes_trimmed"] += 1
 
         def prompt_for(query_input: str) -> list[int]:
-            return self._encode(self._render(PromptMode.direct, example, query_input))
+            return self._encode(self._render(mode, example, query_input, profile))
 
         prompt = prompt_for(example.input)
         if len(prompt) > budget:
             prompt = self._cut_input_from_left(example.input, prompt_for, budget)
             if prompt is None:
                 return None
-            if counts is not None:
-                counts["input_cut"] += 1
+            counts["input_cut"] += 1
         return _sequence(example.example_id, "direct", prompt, completion)
 
     def think_sequence(

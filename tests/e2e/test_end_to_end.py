@@ -77,14 +77,23 @@ def test_every_stage_runs_writes_its_artifacts_and_resumes(ray_local, tmp_path):
             mae = numbers["metrics"]["mae"]["value"]
             assert 0 <= mae <= 4  # unparsed answers cost the full range, 4
             assert 0 <= numbers["health"]["parse_rate"]["value"] <= 1
+        assert {"ref:global-mean", "ref:most-frequent", "ref:user-mean"} <= set(report["results"][split])
+    assert {c["split"] for c in report["claims"]} == set(report["splits"]) and len(report["claims"]) == 6
+    assert all(c["verdict"] in ("shown", "not shown at this size", "reversed") for c in report["claims"])
+    assert any(p["a"] == "prime-personal-think" and p["b"] == "generalist-personal-direct" for p in report["paired"])
+    assert set(report["trace_gains"]) == {"kept", "rejected"}
     markdown = (job / "eval" / "report.md").read_text()
     assert all(m.value in markdown for m in EvalMode)
+    assert "Claims of the method on test_user:" in markdown and "*ref:user-mean*" in markdown
     with Image.open(job / "eval" / "report.png") as image:
         assert image.format == "PNG"
     predictions = [json.loads(line) for line in (job / "eval" / "predictions.jsonl").read_text().splitlines()]
     evaluated = sum(e["split"] != "train" for e in examples)
     assert len(predictions) == evaluated * len(EvalMode)
     texts = {(p["mode"], p["example_id"]): p["text"] for p in predictions}
+    # think modes generate from inside the think block: every one of their answers has a trace
+    thinking = [p for p in predictions if p["mode"].endswith("think")]
+    assert thinking and all(p["text"].startswith("<think>\n") and p["trace"] is not None for p in thinking)
     ids = {p["example_id"] for p in predictions}
     # The students really are G plus their adapters: their direct answers are not G's.
     for student in ("prime", "fast"):

@@ -29,9 +29,10 @@ def test_modes_of_a_student_without_an_adapter_are_skipped_with_the_reason(tmp_p
     adapters = {"prime": tmp_path / "prime", "fast": tmp_path / "fast"}
     base = {"name": "j", "data": {"source": {"format": "jsonl", "path": "u.jsonl"}, "task": {"kind": "rating"}}}
     modes, skipped = plan_modes(parse_spec(base), adapters)
-    assert [m.value for m in modes] == ["generalist-direct", "generalist-think", "generalist-personal-think",
-                                        "prime-direct", "prime-personal-think"]
-    assert set(skipped) == {"fast-direct", "fast-think"} and "fast_thinking_baseline is false" in skipped["fast-think"]
+    assert [m.value for m in modes] == ["generalist-direct", "generalist-personal-direct", "generalist-think",
+                                        "generalist-personal-think", "prime-direct", "prime-personal-direct",
+                                        "prime-personal-think"]
+    assert set(skipped) == {"fast-direct", "fast-personal-direct", "fast-think"} and "fast_thinking_baseline is false" in skipped["fast-think"]
     trained = parse_spec({**base, "train": {"fast_thinking_baseline": True}, "eval": {"modes": ["fast-direct"]}})
     assert plan_modes(trained, adapters) == ([], {"fast-direct": f"no fast adapter at {tmp_path / 'fast'}"})
 
@@ -67,6 +68,7 @@ class _FakeGeneralist:
         self.text, self.table, self.scored = text, scores, []
 
     def generate(self, prompts, params):
+        self.prompts = list(prompts)
         return [Generation(self.text, 10, 5, "stop") for _ in prompts]
 
     def score(self, prompts, continuations):
@@ -91,6 +93,21 @@ def test_ranking_scores_candidates_after_the_models_own_trace():
     assert row["scores"] is None
     assert answer_outcome(_example(0, "test_user", "keep calm", candidates), PromptMode.think,
                     Generated(**row), task)[0].gold_rank is None
+
+
+def test_think_modes_generate_from_inside_the_think_block():
+    task = RatingTask()
+    fake = _FakeGeneralist("they like dramas\n</think>\nAnswer: 4", {})
+    worker = _AnswerUser(fake, {"max_new_tokens": 8}, task)
+    [row] = worker([{"example_id": "u0/m0", "prompt": "p", "prefix": "<think>\n", "candidates": None}])
+    assert fake.prompts == ["p<think>\n"] and row["text"].startswith("<think>\nthey like")
+    outcome, parsed = _outcome(_example(0, "test_query"), PromptMode.personal_think, _Generated(**row), task)
+    assert (outcome.trace, outcome.predicted, outcome.strict) == ("they like dramas", "4", True)
+    # asked to think, closed the block at once: an empty trace, measured as 0 words
+    fake.text = "</think>\n4"
+    [row] = worker([{"example_id": "u0/m0", "prompt": "p", "prefix": "<think>\n", "candidates": None}])
+    outcome, _ = _outcome(_example(0, "test_query"), PromptMode.think, _Generated(**row), task)
+    assert (outcome.trace, outcome.predicted, outcome.strict) == ("", "4", False)  # found by the fallback
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)

@@ -16,16 +16,23 @@ from prime_ray.evaluation.metrics import (
     macro_f1,
     mae,
     mean_interval,
-    metric_names,
     mrr,
     rating_errors,
     repetition_rate,
     rmse,
     rouge_f,
-    task_metrics,
     thinking_health,
 )
 from prime_ray.spec import LabelTask, RankingTask, RatingTask, TextTask
+from prime_ray.tasks import task_kind
+
+
+def task_metrics(task, outcomes, *, n_resamples, seed):
+    return task_kind(task).metrics(task, outcomes, n_resamples=n_resamples, seed=seed)
+
+
+def metric_names(task):
+    return task_kind(task).metric_names(task)
 
 
 def test_accuracy_and_macro_f1_on_a_small_confusion():
@@ -138,3 +145,21 @@ def test_bootstrap_degenerate_and_tiny_samples():
     assert bootstrap_interval(1, lambda idx: 0.0, n_resamples=500, seed=0) is None
     assert bootstrap_interval(10, lambda idx: 0.0, n_resamples=0, seed=0) is None
     assert mean_interval([], n_resamples=500, seed=0).value is None
+
+
+def test_strict_and_lenient_parse_counts():
+    from prime_ray.evaluation.report import summarize_mode
+    from prime_ray.models.parser import parse_output
+
+    task = RatingTask()
+    texts = ["Answer: 4", "<think>t</think>\nAnswer: 3", "I think it is a 5.", "Probably 2/5", "no idea"]
+    outcomes = []
+    for i, text in enumerate(texts):
+        parsed = parse_output(text, task)
+        outcomes.append(Outcome(str(i), "4", parsed.answer, strict=parsed.strict))
+    # parsed: 4 of 5 (lenient); on an answer line: 2 of 5 (strict); 2 by the fallback, 1 failed
+    health = thinking_health(outcomes, n_resamples=0, seed=0)
+    assert health["parse_rate"].value == pytest.approx(4 / 5)
+    assert health["strict_parse_rate"].value == pytest.approx(2 / 5)
+    result = summarize_mode(task, "generalist-think", "test_query", outcomes, n_resamples=0, seed=0)
+    assert (result.parse_failures, result.fallback_parses) == (1, 2)

@@ -49,8 +49,15 @@ def test_report_files_are_written_and_parse(tmp_path):
     assert report["skipped_modes"] == {"fast-direct": "no fast-thinking student was trained"}
 
     markdown = paths["report.md"].read_text()
-    table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert len(table_rows) == 2 * (1 + 2)  # a header and two modes per split
+    table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "failed)" in line]
+    assert len(table_rows) == 2 * 2  # two modes per split
+    # paired: think − direct per example = [0, −1, −1, −1, −1, −1], mean −5/6; a resample's mean is −k/6 with
+    # k ~ Binomial(6, 5/6): P(k ≤ 2) ≈ 0.009 < 2.5 % ≤ P(k ≤ 3) ≈ 0.062, P(k = 6) ≈ 0.33: interval [−1, −0.5]
+    paired = [line for line in markdown.splitlines() if line.startswith("| generalist-think | generalist-direct |")]
+    assert len(paired) == 2 and paired[0].endswith("| 6 | -0.833 [-1.000, -0.500] | generalist-think |")
+    assert "1. generic thinking does not beat answering directly" in markdown and "**reversed**" in markdown
+    assert markdown.count("**not evaluated**") == 2 * 2  # claims 2 and 3 need the students
+    assert report["claims"][0]["verdict"] == "reversed" and report["paired"][0]["favours"] == "generalist-think"
     assert "**generalist-think**" in markdown  # the best MAE is marked
     assert "≤ 0 (data.task.tolerance)" in markdown
     assert "0.667 [" in markdown and "(1 failed)" in markdown and "fast-direct" in markdown

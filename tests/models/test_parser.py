@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from prime_ray.models.parser import is_correct, parse_output
+from prime_ray.models.parser import ParsedOutput, is_correct, normalize_label, parse_output
 from prime_ray.models.prompts import completion_text
 from prime_ray.spec import LabelTask, RankingTask, RatingTask, TextTask
 
@@ -145,3 +147,73 @@ def test_completion_text_round_trips_through_the_parser(task, answer, candidates
 )
 def test_is_correct(task, predicted, gold, expected):
     assert is_correct(task, predicted, gold) is expected
+
+
+GENRES = LabelTask(labels=["Action", "Children's", "Film-Noir", "Sci-Fi"])
+
+
+@pytest.mark.parametrize(
+    "task, text, answer",
+    [
+        # an echoed placeholder line before the real answer does not hide it
+        (RATING, "Answer: (a whole number from 1 to 5)\nAnswer: 4", "4"),
+        (RATING, "<think>\nlikes it\n</think>\nAnswer: <answer>\nAnswer: 2", "2"),
+        (LABEL, "**Answer:** (exactly one of these labels)\nAnswer: Drama", "Drama"),
+        (RATING, "Answer: (4)", "4"),  # a lone parenthesized value is the answer
+        (RANKING, "Answer: [2]\nAnswer: 3", CANDIDATES[1]),  # "[2]" is a candidate, not a placeholder
+        # typographic variants of a label
+        (GENRES, "Answer: Children’s", "Children's"),
+        (GENRES, "Answer: CHILDREN‘S", "Children's"),
+        (GENRES, "Answer: Film–Noir", "Film-Noir"),
+        (GENRES, "Answer: Sci\u2011Fi", "Sci-Fi"),
+        (GENRES, "Answer: ｓｃｉ-ｆｉ", "Sci-Fi"),  # full-width letters (NFKC)
+        (GENRES, "I would pick Children’s", "Children's"),
+    ],
+)
+def test_placeholders_and_typographic_variants(task, text, answer):
+    assert parse_output(text, task, candidates=CANDIDATES).answer == answer
+
+
+def test_labels_compare_in_one_normal_form():
+    assert is_correct(GENRES, "Children’s", "Children's") and is_correct(GENRES, "film—noir", "Film-Noir")
+    assert normalize_label("  Children’s ") == normalize_label("children's") == "children's"
+    assert not is_correct(GENRES, "Children", "Children's")
+
+
+def test_strict_answers_come_from_an_answer_line():
+    assert parse_output("<think>x</think>\nAnswer: 4", RATING).strict
+    fallback = parse_output("I would say this user gives it a 4.", RATING)
+    assert fallback.answer == "4" and not fallback.strict
+    assert not parse_output("no idea", RATING).strict
+
+
+_TASKS = (RATING, HALF_RATING, LABEL, GENRES, TEXT, RANKING)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text=st.one_of(
+        st.text(),
+        st.lists(st.sampled_from(["<think>", "</think>", "Answer:", "answer：", "(x)", "<a>", "\n", "4", "five",
+                                  "Children’s", "Sci–Fi", "[2]", "**", " ", "Final answer -", "9" * 30]),
+                 max_size=12).map("".join),
+        st.none(), st.integers(), st.binary(max_size=20),
+    ),
+    task=st.sampled_from(_TASKS),
+    candidates=st.one_of(st.none(), st.lists(st.text(min_size=1, max_size=20), max_size=4, unique=True)),
+)
+def test_any_input_gives_a_result_or_a_reason(text, task, candidates):
+    """The documented outcome: an answer of the task's form, or no answer and a reason; never an exception."""
+    parsed = parse_output(text, task, candidates=candidates)
+    assert isinstance(parsed, ParsedOutput)
+    if parsed.ok:
+        assert parsed.reason is None and isinstance(parsed.answer, str)
+        if task.kind == "label":
+            assert parsed.answer in task.labels
+        elif task.kind == "rating":
+            assert task.min <= float(parsed.answer) <= task.max
+        elif task.kind == "ranking":
+            assert parsed.answer in candidates
+    else:
+        assert isinstance(parsed.reason, str) and parsed.reason
+        assert not parsed.reason.startswith("parser error"), parsed.reason  # no internal failure either

@@ -6,7 +6,7 @@ import pytest
 
 from prime_ray.data.schema import Item
 from prime_ray.models.loading import load_tokenizer
-from prime_ray.models.prompts import completion_text, render_profile_prompt, render_prompt
+from prime_ray.models.prompts import completion_text, generation_prefix, render_profile_prompt, render_prompt
 from prime_ray.spec import LabelTask, ModelSpec, PromptMode, PromptTemplates, RankingTask, RatingTask
 
 TEMPLATES = PromptTemplates(system="SYSTEM-LINE", instruction="INSTRUCTION-LINE", answer_format="FORMAT-LINE")
@@ -36,13 +36,14 @@ def test_every_mode_renders_through_the_chat_template(tokenizer, mode):
     assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
     for part in ("INSTRUCTION-LINE", QUERY, "FORMAT-LINE", "a whole number from 1 to 5"):
         assert part in prompt
-    assert ("<think>" in prompt) == (mode != PromptMode.direct)
+    assert ("<think>" in prompt) == (mode in (PromptMode.think, PromptMode.personal_think))
+    assert generation_prefix(mode) == ("<think>\n" if "<think>" in prompt else "")
 
 
-def test_memory_appears_only_in_personal_think(tokenizer):
+def test_memory_appears_only_in_the_personal_modes(tokenizer):
     for mode in PromptMode:
         prompt = _render(tokenizer, mode)
-        has_memory = mode == PromptMode.personal_think
+        has_memory = mode in (PromptMode.personal_direct, PromptMode.personal_think)
         assert (PROFILE in prompt) is has_memory
         assert ("Casablanca (1942) -> 5" in prompt) is has_memory
         assert ("Scream (1996) -> 1" in prompt) is has_memory
@@ -65,6 +66,8 @@ def test_hint_makes_a_rationalization_prompt(tokenizer):
     assert "real answer is: 4" in generic and PROFILE not in generic
     with pytest.raises(ValueError, match="think mode"):
         _render(tokenizer, PromptMode.direct, hint="4")
+    with pytest.raises(ValueError, match="think mode, not 'personal-direct'"):
+        _render(tokenizer, PromptMode.personal_direct, hint="4")
 
 
 def test_task_answer_instructions(tokenizer):

@@ -29,23 +29,23 @@ LEAKS = [
 def test_a_correct_grounded_trace_passes_every_filter():
     v = F.verdicts(trace=GOOD, answer_ok=True, gold="4", filters=FILTERS)
     assert v == {"parsed": True, "answer_match": True, "hint_not_leaked": True, "low_repetition": True, "length_in_range": True}
-    assert F.keep({**v, "top_gain": True}, RATING, FILTERS)
+    assert F.keep({**v, "enough_gain": True}, RATING, FILTERS)
 
 
 def test_a_wrong_answer_is_rejected_by_answer_match_only():
     v = F.verdicts(trace=GOOD, answer_ok=False, gold="4", filters=FILTERS)
     assert [name for name, ok in v.items() if not ok] == ["answer_match"]
-    assert not F.keep({**v, "top_gain": True}, RATING, FILTERS)
+    assert not F.keep({**v, "enough_gain": True}, RATING, FILTERS)
     # turned off in the spec: the same trace is kept
-    assert F.keep({**v, "top_gain": True}, RATING, TraceFilters(answer_match=False))
+    assert F.keep({**v, "enough_gain": True}, RATING, TraceFilters(answer_match=False))
 
 
 @pytest.mark.parametrize("trace", LEAKS)
 def test_a_leaked_hint_is_rejected(trace):
     v = F.verdicts(trace=trace, answer_ok=True, gold="4", filters=FILTERS)
     assert v["hint_not_leaked"] is False
-    assert not F.keep({**v, "top_gain": True}, RATING, FILTERS)
-    assert F.keep({**v, "top_gain": True}, RATING, TraceFilters(leaked_hint=False))
+    assert not F.keep({**v, "enough_gain": True}, RATING, FILTERS)
+    assert F.keep({**v, "enough_gain": True}, RATING, TraceFilters(leaked_hint=False))
 
 
 def test_reasoning_that_merely_uses_words_like_given_is_not_a_leak():
@@ -61,9 +61,9 @@ def test_reasoning_that_merely_uses_words_like_given_is_not_a_leak():
 
 
 def test_a_repetition_loop_is_degenerate():
-    assert F.repetition_rate(LOOP) > 0.8
-    assert F.repetition_rate(GOOD) == 0.0
-    assert F.repetition_rate("too short") == 0.0
+    assert F.repetition(LOOP) > 0.8
+    assert F.repetition(GOOD) == 0.0
+    assert F.repetition("too short") == 0.0
     v = F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=FILTERS)
     assert v["low_repetition"] is False and v["length_in_range"] is True
     assert F.verdicts(trace=LOOP, answer_ok=True, gold="4", filters=TraceFilters(max_repetition=1.0))["low_repetition"]
@@ -79,7 +79,7 @@ def test_length_bounds_count_words():
 def test_an_unparseable_output_fails_every_verdict():
     v = F.verdicts(trace=None, answer_ok=None, gold="4", filters=FILTERS)
     assert not any(v.values())
-    assert not F.keep({**v, "top_gain": True}, RATING, FILTERS)
+    assert not F.keep({**v, "enough_gain": True}, RATING, FILTERS)
 
 
 def test_applied_filters_depend_on_the_task():
@@ -87,7 +87,28 @@ def test_applied_filters_depend_on_the_task():
     assert F.applied_filters(LabelTask(labels=["a", "b"]), TraceFilters(leaked_hint=False)) == (
         "parsed", "answer_match", "low_repetition", "length_in_range")
     # free text: no exact answer to match, the likelihood gain decides
-    assert F.applied_filters(TextTask(), FILTERS) == ("parsed", "hint_not_leaked", "low_repetition", "length_in_range", "top_gain")
+    assert F.applied_filters(TextTask(), FILTERS) == ("parsed", "hint_not_leaked", "low_repetition", "length_in_range", "enough_gain")
+
+
+def test_min_gain_keeps_traces_that_make_the_gold_answer_more_likely():
+    on = TraceFilters(min_gain=0.0)
+    assert F.applied_filters(RATING, on)[-1] == "enough_gain" and "enough_gain" not in F.applied_filters(RATING, FILTERS)
+    assert [F.gain_passes(g, RATING, on) for g in (0.3, 0.0, -0.71, None)] == [True, False, False, False]
+    assert [F.gain_passes(g, RATING, FILTERS) for g in (-0.71, None)] == [True, False]  # off: any scored gain
+    margin = TraceFilters(min_gain=0.5)
+    assert [F.gain_passes(g, TextTask(), margin) for g in (0.6, 0.4)] == [True, False]
+    assert [F.gain_passes(g, TextTask(), FILTERS) for g in (0.1, -0.1)] == [True, False]  # free text: > 0
+    assert F.keep({"parsed": True, "answer_match": True, "hint_not_leaked": True, "low_repetition": True, "length_in_range": True,
+                   "enough_gain": False}, RATING, on) is False
+
+
+def test_gain_distribution_by_hand():
+    from prime_ray.traces.stats import gain_distribution
+
+    # sorted: -2 -1 0 1 7; linear percentiles: p10 at position 0.4 -> -1.6, median 0, p90 at 3.6 -> 4.6
+    assert gain_distribution([1.0, -1.0, 7.0, 0.0, -2.0]) == {
+        "n": 5, "mean": 1.0, "p10": -1.6, "median": 0.0, "p90": 4.6, "share_positive": 0.4}
+    assert gain_distribution([])["mean"] is None and gain_distribution([])["n"] == 0
 
 
 def test_rank_by_gain_keeps_the_best_positive_eligible_traces():

@@ -115,7 +115,7 @@ def test_memory_and_traces_stages_and_resume_after_a_crash(ray_local, tmp_path, 
     assert counts["tokens_generated"] == sum(r["generated_tokens"] for r in rows) > 0
     assert metrics["tokens_per_s"] > 0
     verdicts = [r["verdicts"] for r in rows if r["verdicts"] is not None]
-    assert verdicts and all(set(v) == {"parsed", "answer_match", "hint_not_leaked", "low_repetition", "length_in_range", "top_gain"}
+    assert verdicts and all(set(v) == {"parsed", "answer_match", "hint_not_leaked", "low_repetition", "length_in_range", "enough_gain"}
                             for v in verdicts)
 
     # progress events as shards finished, in the second run: users 2 and 3 of 3

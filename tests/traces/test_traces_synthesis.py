@@ -114,7 +114,7 @@ def test_one_user_keep_path_rejections_and_errors():
     kept = rows[("u1/a", 0)]
     assert kept["kept"] and kept["trace"] == OPENING + GOOD and kept["answer"] == "4" and kept["gold"] == "4"
     assert kept["verdicts"] == {"parsed": True, "answer_match": True, "hint_not_leaked": True, "low_repetition": True,
-                                "length_in_range": True, "top_gain": True}
+                                "length_in_range": True, "enough_gain": True}
     assert kept["likelihood_gain"] == pytest.approx(2.0)
     assert kept["direct_answer"] == "4" and kept["direct_correct"] is True
     assert kept["raw_text"].startswith("<think>\n" + OPENING) and "real answer is: 4" in kept["prompt"]
@@ -158,6 +158,20 @@ def test_stats_add_up_and_kept_traces_read_back(tmp_path):
     [trace] = kept["u1/a"]
     assert (trace.user_id, trace.sample_index, trace.trace, trace.answer) == ("u1", 0, OPENING + GOOD, "4")
     assert trace.score == pytest.approx(2.0)
+
+
+def test_min_gain_and_the_gain_statistics():
+    spec = _spec()
+    _, out = _run(spec, ROWS)
+    _, metrics = trace_stats(out, spec.data.task, spec.traces.filters)
+    # scripted: log p(y | x, trace) = −1, log p(y | x) = −3: every scored trace gains 2 nats
+    assert metrics["gain_kept"] == {"n": 5, "mean": 2.0, "p10": 2.0, "median": 2.0, "p90": 2.0, "share_positive": 1.0}
+    scored = metrics["gain_kept"]["n"] + metrics["gain_rejected"]["n"]
+    strict = _spec(traces={"filters": {"min_gain": 2.5}})
+    _, out = _run(strict, ROWS)
+    counts, metrics = trace_stats(out, strict.data.task, strict.traces.filters)
+    assert counts["kept"] == 0 and counts["after_enough_gain"] == 0 and metrics["filter_order"][-1] == "enough_gain"
+    assert metrics["gain_kept"]["n"] == 0 and metrics["gain_rejected"]["n"] == scored
 
 
 def test_the_stricter_check_asks_g_for_the_answer_without_the_hint():

@@ -51,7 +51,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 def test_labels_mask_exactly_the_prompt(tiny):
     _, tok = tiny
     ex = _example(0)
-    builder = SequenceBuilder(tok, task=TASK, templates=TEMPLATES, max_length=1024)
+    builder = SequenceBuilder(tok, task=TASK, templates=TEMPLATES, max_length=1024, answer_prompt=PromptMode.direct)
     mem = Memory("Likes comedies.", EPISODES[:2])
     out = builder.build([ex], {ex.example_id: mem}, {ex.example_id: [Trace("The user likes comedies, so 4.")]})
     direct, think = out.sequences
@@ -97,7 +97,8 @@ def test_truncation_never_cuts_the_answer(tiny):
     memory = {ex.example_id: Memory("Likes comedies and dramas.", EPISODES) for ex in exs}
     traces = {ex.example_id: [Trace(long_trace)] for ex in exs}
     max_length = 230
-    out = SequenceBuilder(tok, task=TASK, templates=TEMPLATES, max_length=max_length).build(exs, memory, traces)
+    out = SequenceBuilder(tok, task=TASK, templates=TEMPLATES, max_length=max_length,
+                          answer_prompt=PromptMode.direct).build(exs, memory, traces)
 
     assert out.counts["dropped_answer_does_not_fit"] == 1  # example 2: its answer alone is too long
     assert {s.example_id for s in out.sequences} == {"u1/q0", "u1/q1"}
@@ -117,6 +118,30 @@ def test_truncation_never_cuts_the_answer(tiny):
     direct1 = next(s for s in out.sequences if s.example_id == "u1/q1" and s.term == "direct")
     assert "…" in tok.decode(direct1.input_ids[: direct1.prompt_length])
     assert out.counts["think_dropped_prompt_too_long"] == 1  # example 1's think prompt cannot fit
+
+
+def test_the_answer_term_sees_the_users_memory_by_default(tiny):
+    _, tok = tiny
+    ex, bare = _example(0), _example(1)
+    mem = Memory("Likes comedies.", EPISODES[:3])
+    out = SequenceBuilder(tok, task=TASK, templates=TEMPLATES, max_length=1024).build(
+        [ex, bare], {ex.example_id: mem}, {})
+    direct, fallback = out.sequences
+    prompt = _encode(tok, render_prompt(tok, PromptMode.personal_direct, task=TASK, templates=TEMPLATES,
+                                        query_input=ex.input, profile=mem.profile, episodes=mem.episodes))
+    assert list(direct.input_ids[: direct.prompt_length]) == prompt
+    text = tok.decode(prompt)
+    assert "Likes comedies." in text and "Movie number 2" in text and "<think>" not in text
+    assert tok.decode(direct.labels[direct.prompt_length:]) == completion_text("4") + tok.eos_token
+    # no memory row: the memory-free prompt, counted
+    assert "past items" not in tok.decode(fallback.input_ids[: fallback.prompt_length])
+    assert out.counts["direct_without_memory"] == 1
+
+    # too long: episodes go first, least relevant (last) first
+    budget = len(direct) - 5
+    trimmed = SequenceBuilder(tok, task=TASK, templates=TEMPLATES, max_length=budget).build([ex], {ex.example_id: mem}, {})
+    kept = tok.decode(trimmed.sequences[0].input_ids[: trimmed.sequences[0].prompt_length])
+    assert "Movie number 0" in kept and "Movie number 2" not in kept and trimmed.counts["episodes_trimmed"] == 1
 
 
 def test_episodes_are_trimmed_least_relevant_first(tiny):

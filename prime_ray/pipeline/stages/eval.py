@@ -1,8 +1,12 @@
 """The `eval` stage: every mode of `spec.eval.modes` on the held-out data, then the report.
 
-    generalist  G (the base model)       direct · think · personal-think
-    fast        G + adapter train/fast   direct · think          (only when the λ = 0 student was trained)
-    prime       G + adapter train/prime  direct · personal-think
+    generalist  G (the base model)       direct · personal-direct · think · personal-think
+    fast        G + adapter train/fast   direct · personal-direct · think   (only when the λ = 0 student was trained)
+    prime       G + adapter train/prime  direct · personal-direct · personal-think
+
+Think modes generate from inside the think block (`generation_prefix`), so every answer has a trace.
+Beside the modes, the non-LLM references (prime_ray.evaluation.references) answer the same examples;
+the report pairs the modes per example and gives each claim of the method a verdict.
 
 Per model, one Serve app runs G (with the student's adapter) and Ray Data workers send it every
 mode's prompts of several users at once (`GeneralistMap`); the app is stopped before the next model starts, so only one model holds the CPUs/GPUs at a
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prime_ray.data.schema import Example
-from prime_ray.data.store import read_examples
+from prime_ray.data.store import read_examples, read_user_roles, read_users
 from prime_ray.evaluation.answering import (
     MODES,
     AnswerConfig,
@@ -32,12 +36,14 @@ from prime_ray.evaluation.answering import (
     prompt_row,
     select_examples,
 )
-from prime_ray.evaluation.metrics import PRIMARY_METRIC
-from prime_ray.evaluation.report import REPORT_FILES, ModeResult, Report, summarize_mode, write_report
+from prime_ray.evaluation.report import REPORT_FILES, ModeResult, Report, reference_results, summarize_mode, write_report
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory, read_memory
 from prime_ray.models.loading import load_tokenizer
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
 from prime_ray.spec import EvalMode, JobSpec, TaskSpec, config_hash
+from prime_ray.tasks import task_kind
+from prime_ray.traces.stats import gains_of_file
+from prime_ray.traces.store import TRACES_FILE
 from prime_ray.training.artifacts import adapter_dir
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -45,7 +51,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 @register_stage
 class EvalStage(Stage):
     name = "eval"
-    requires = ("ingest", "memory", "train")
+    requires = ("ingest", "memory", "traces", "train")
     outputs = (*REPORT_FILES, PREDICTIONS_FILE)
 
     def config(self, spec: JobSpec) -> Any:
@@ -95,6 +101,9 @@ class EvalStage(Stage):
                         results.append(result)
                         ctx.progress.info(_summary_line(result, task))
         shutil.rmtree(ctx.out_dir / "parts", ignore_errors=True)  # predictions.jsonl holds all of it now
+        users_file = ctx.inputs["ingest"] / "users.parquet"
+        results += reference_results(task, by_split, read_users(users_file), read_user_roles(users_file),
+                                     n_resamples=spec.eval.bootstrap_samples, seed=spec.seed)
 
         report = Report(
             job=spec.name,
@@ -109,9 +118,12 @@ class EvalStage(Stage):
             samples=samples,
             bootstrap_samples=spec.eval.bootstrap_samples,
             seed=spec.seed,
+            trace_gains=gains_of_file(ctx.inputs["traces"] / TRACES_FILE),
         )
         write_report(ctx.out_dir, report)
-        primary = PRIMARY_METRIC[task.kind]
+        for claim in report.claims:
+            ctx.progress.info(f"claim {claim.number} on {claim.split}: {claim.verdict}")
+        primary = task_kind(task).primary_metric
         return StageResult(
             counts={"examples": len(evaluated), "modes": len(modes), "skipped_modes": len(skipped),
                     "parse_failures": sum(r.parse_failures for r in results)},
@@ -157,7 +169,7 @@ class _Progress:
 
 
 def _summary_line(result: ModeResult, task: TaskSpec) -> str:
-    name = PRIMARY_METRIC[task.kind]
+    name = task_kind(task).primary_metric
     metric = result.metrics[name]
     value = "–" if metric.value is None else f"{metric.value:.3f}"
     interval = f" [{metric.low:.3f}, {metric.high:.3f}]" if metric.low is not None else ""

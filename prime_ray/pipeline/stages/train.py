@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
-from prime_ray.spec import JobSpec, derive_seed
+from prime_ray.spec import JobSpec, PromptMode, derive_seed
 
 
 @register_stage
@@ -70,7 +70,8 @@ class TrainStage(Stage):
         memory = read_memory(ctx.inputs["memory"] / MEMORY_FILE)
         traces = read_kept_traces(ctx.inputs["traces"] / TRACES_FILE)
         tokenizer = load_tokenizer(spec.model)
-        builder = SequenceBuilder(tokenizer, task=spec.data.task, templates=spec.data.prompts, max_length=train.max_length)
+        builder = SequenceBuilder(tokenizer, task=spec.data.task, templates=spec.data.prompts, max_length=train.max_length,
+                                  answer_prompt=PromptMode(spec.train.answer_prompt))
 
         think_weight = spec.train.think_weight
         students = _students(spec)
