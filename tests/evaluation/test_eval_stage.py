@@ -98,15 +98,15 @@ def test_ranking_scores_candidates_after_the_models_own_trace():
 def test_think_modes_generate_from_inside_the_think_block():
     task = RatingTask()
     fake = _FakeGeneralist("they like dramas\n</think>\nAnswer: 4", {})
-    worker = _AnswerUser(fake, {"max_new_tokens": 8}, task)
-    [row] = worker([{"example_id": "u0/m0", "prompt": "p", "prefix": "<think>\n", "candidates": None}])
+    worker = AnswerUser(fake, AnswerConfig(task=task, max_new_tokens=8))
+    [row] = worker([{"user_id": "u0", "example_id": "u0/m0", "prompt": "p", "prefix": "<think>\n", "candidates": None}])
     assert fake.prompts == ["p<think>\n"] and row["text"].startswith("<think>\nthey like")
-    outcome, parsed = _outcome(_example(0, "test_query"), PromptMode.personal_think, _Generated(**row), task)
+    outcome, parsed = answer_outcome(_example(0, "test_query"), PromptMode.personal_think, Generated(**row), task)
     assert (outcome.trace, outcome.predicted, outcome.strict) == ("they like dramas", "4", True)
     # asked to think, closed the block at once: an empty trace, measured as 0 words
     fake.text = "</think>\n4"
-    [row] = worker([{"example_id": "u0/m0", "prompt": "p", "prefix": "<think>\n", "candidates": None}])
-    outcome, _ = _outcome(_example(0, "test_query"), PromptMode.think, _Generated(**row), task)
+    [row] = worker([{"user_id": "u0", "example_id": "u0/m0", "prompt": "p", "prefix": "<think>\n", "candidates": None}])
+    outcome, _ = answer_outcome(_example(0, "test_query"), PromptMode.think, Generated(**row), task)
     assert (outcome.trace, outcome.predicted, outcome.strict) == ("", "4", False)  # found by the fallback
 
 
