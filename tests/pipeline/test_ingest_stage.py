@@ -178,3 +178,22 @@ def test_movielens_100k_through_the_stage_counts_its_leaks(tmp_path):
     assert len({e.example_id for e in examples}) == len(examples)
     held_out = {(e.user_id, e.input) for e in examples if e.split != "train"}
     assert not held_out & {(e.user_id, e.input) for e in examples if e.split == "train"}
+
+
+def test_a_lamp_test_split_without_outputs_through_the_stage(tmp_path):
+    """Unlabelled queries are kept in users.parquet (output null) and give no example; profiles still train."""
+    article = "Generate a headline for the following article: "
+    questions = [{"id": str(q), "input": article + f"Story number {q} of the day.",
+                  "profile": [{"id": f"{q}{k}", "text": f"Earlier story {q}.{k}.", "title": f"Headline {q}.{k}"}
+                              for k in range(3)]} for q in range(3)]
+    path = tmp_path / "test_questions.json"
+    path.write_text(json.dumps(questions))
+    result = run_job(_spec(tmp_path, {"format": "lamp", "questions": str(path)}, task={"kind": "text"}))
+    counts = result.outcome("ingest").manifest.counts
+    assert counts["users"] == 3 and counts["unlabelled_queries"] == 3 and counts["problems"] == 0
+    assert counts["examples_test_query"] == counts["examples_test_user"] == 0
+    assert counts["examples_train"] == 6  # two training users, three profile entries each
+    users = read_users(result.job_dir / "ingest" / "users.parquet")
+    assert [q.output for u in users.values() for q in u.queries] == [None, None, None]
+    logs = [e.message for _, e in read_events(result.job_dir / "events.jsonl") if e.kind == "log"]
+    assert any("question ids are not user ids" in m for m in logs)
