@@ -128,10 +128,13 @@ class JsonlSource(_Strict):
 
 
 class MovieLensSource(_Strict):
-    """MovieLens-100K, read from `path` or, when it is not given, from the `recbole` wheel."""
+    """MovieLens-100K from the `recbole` wheel or, with `path`, any MovieLens variant in RecBole's files."""
 
     format: Literal["movielens-100k"] = Field("movielens-100k", description="Source format (the union's discriminator).")
-    path: str | None = Field(None, description="A directory holding ml-100k.{inter,item,user} (RecBole TSV).")
+    path: str | None = Field(
+        None, description="A directory holding one RecBole data set, <name>.{inter,item,user} (e.g. ml-1m; "
+        "the .user file is optional)."
+    )
     task: Literal["rating", "genre", "liked"] = Field(
         "rating",
         description="`rating`: the 1–5 rating; `genre`: the movie's first genre; `liked`: whether the user "

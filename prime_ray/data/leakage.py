@@ -8,10 +8,12 @@ profiles, so one question's query sits, labelled, in the next question's profile
 removed from the history (never the query), and each removal is a located problem.
 
 Inputs are compared by a hash of their normalised text (Unicode NFKC, case-folded, whitespace runs
-collapsed). When both items carry a timestamp and the timestamps differ, they are two events, not a
-copy: every MovieLens user rates the same "Toy Story (1995)", each at their own time, and that is
-data, not leakage (on MovieLens-100K the check finds 0), while a rating copied with its timestamp
-into another user's history is found.
+collapsed). Within one user, the same input in the history and as a query always leaks. Across
+users, when both items carry a timestamp and the timestamps differ, they are two events, not a copy:
+every MovieLens user rates the same "Toy Story (1995)", each at their own time, and that is data,
+while a rating copied with its timestamp into another user's history is found. On MovieLens-100K
+the check finds only movies that the catalogue lists twice under two ids (e.g. "Chasing Amy (1997)",
+items 246 and 268) rated by one user as both a history item and a query.
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(normalised(text).encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _copy_of(item: Query, query: Query) -> bool:
+def _leaks(item: Query, user_id: str, query: Query, owner: str) -> bool:
+    """Whether a history item (of `user_id`) with a query's input (of `owner`) puts that query on the training side.
+
+    The same user's item always does (the user's own answer to the same input, e.g. a movie listed
+    twice in the catalogue). Another user's does unless both carry timestamps that differ: then they
+    are two users' own events (two ratings of one movie), not a copy.
+    """
+    if owner == user_id:
+        return True
     return item.timestamp is None or query.timestamp is None or item.timestamp == query.timestamp
 
 
@@ -55,7 +65,8 @@ def remove_leakage(result: LoadResult, file: str) -> LoadResult:
     for user in result.users:
         kept = []
         for index, item in enumerate(user.history):
-            match = next(((q, owner) for q, owner in queries.get(text_hash(item.input), ()) if _copy_of(item, q)), None)
+            match = next(((q, owner) for q, owner in queries.get(text_hash(item.input), ())
+                          if _leaks(item, user.user_id, q, owner)), None)
             if match is None:
                 kept.append(item)
                 continue

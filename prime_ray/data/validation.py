@@ -2,9 +2,10 @@
 
 A reader hands each user document (one JSON line, one LaMP question, one author's threads) to a
 `RowValidator`. A document with any problem is rejected whole and reported; the others are kept, so
-one bad row never costs the good ones. Checks: the native schema (schema.py), duplicate user ids
-across rows, duplicate item ids within a user (history and queries share one id space, because
-example ids are `user/item`), and, when a task is given, whether each output fits it.
+one bad row never costs the good ones. Checks: text that is not UTF-8 (text.py), the native schema
+(schema.py, including 64-bit integer ranges), duplicate user ids across rows, duplicate item ids
+within a user (history and queries share one id space, because example ids are built from the user
+and item ids), and, when a task is given, whether each output fits it.
 """
 
 from __future__ import annotations

