@@ -24,7 +24,6 @@ import logging
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import yaml
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -59,19 +58,12 @@ from prime_ray.service.models import (
 from prime_ray.service.settings import GatewaySettings
 from prime_ray.service.states import IllegalTransition, JobState
 from prime_ray.service.store import BadCursor, IdempotencyConflict, JobNotFound, JobStore
-from prime_ray.spec import JobSpec, SpecError, SpecProblem, parse_spec
+from prime_ray.service.validation import MAX_OFFSET, ApiError, event_cursor, parse_spec_body, printable
+from prime_ray.spec import JobSpec, SpecProblem
 
 log = logging.getLogger("prime_ray.gateway")
 
-JSON_TYPES = ("application/json",)
-YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 EVENTS_PAGE = 1000  # events per JSON page
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, problems: list[SpecProblem] | None = None,
-                 headers: dict[str, str] | None = None):
-        self.status, self.detail, self.problems, self.headers = status, detail, problems or [], headers
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -174,7 +166,8 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
     ) -> JobOut:
         """The body is a JobSpec document (JSON or YAML). Invalid specs get 422 with every problem by its
         path. The job runs under its id, with its artifacts under the gateway's artifact root."""
-        spec = _parse_spec_body(request.headers.get("content-type", ""), await request.body())
+        # Parsed in a worker thread: a hostile body costs that thread, not the event loop (/healthz answers).
+        spec = await run_in_threadpool(parse_spec_body, request.headers.get("content-type", ""), await request.body())
         try:
             row, created = await run_in_threadpool(store.create, spec, key.id, idempotency_key)
         except IdempotencyConflict as e:
@@ -223,14 +216,15 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
     async def job_events(
         request: Request,
         job_id: str,
-        cursor: int | None = Query(None, ge=0, description="`next_cursor` of the previous page (a byte offset)."),
+        cursor: int | None = Query(None, ge=0, le=MAX_OFFSET,
+                                   description="`next_cursor` of the previous page (a byte offset)."),
     ) -> Any:
         """JSON: the events after `cursor` (at most 1000). With `Accept: text/event-stream`: every event
         after `cursor` (or `Last-Event-ID`) as it is written, until the job ends."""
         row = await run_in_threadpool(find_job, job_id)
         path = events_path(settings, row.id)
         if "text/event-stream" in request.headers.get("accept", ""):
-            start = cursor if cursor is not None else _int_or_zero(request.headers.get("last-event-id"))
+            start = cursor if cursor is not None else event_cursor(request.headers.get("last-event-id"))
             return EventSourceResponse(_stream_events(store, row.id, path, start, settings.poll_interval_s))
         events = await run_in_threadpool(_events_page, path, cursor or 0)
         next_cursor = events[-1].cursor if events else (cursor or 0)
@@ -330,40 +324,6 @@ def _openapi_document(app: FastAPI) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _parse_spec_body(content_type: str, body: bytes) -> JobSpec:
-    media = content_type.split(";")[0].strip().lower()
-    if media not in JSON_TYPES + YAML_TYPES:
-        raise ApiError(415, f"send the spec as application/json or application/yaml, not {media or 'no content type'}")
-    if not body.strip():
-        raise ApiError(422, "invalid job spec", [SpecProblem(path="", message="the request body is empty")])
-    try:
-        if media in JSON_TYPES:
-            document = json.loads(body)
-        else:
-            document = _load_yaml(body.decode("utf-8"))
-    except json.JSONDecodeError as e:
-        raise ApiError(422, "invalid job spec", [SpecProblem(
-            path="", message=f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}")]) from None
-    except (ValueError, yaml.YAMLError, RecursionError) as e:
-        raise ApiError(422, "invalid job spec", [SpecProblem(path="", message=f"cannot read the body: {e}")]) from None
-    try:
-        return parse_spec(document)
-    except SpecError as e:
-        raise ApiError(422, f"invalid job spec: {len(e.problems)} problem(s)", e.problems) from None
-
-
-def _load_yaml(text_: str) -> Any:
-    # Aliases let a small document expand into a huge one: a spec never needs them.
-    for event in yaml.parse(text_, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            raise ValueError("YAML aliases (*name) are not accepted")
-    return yaml.safe_load(text_)
-
-
-def _int_or_zero(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0
-
-
 def _events_page(path: Path, cursor: int) -> list[EventOut]:
     out = []
     for offset, event in read_events(path, cursor):
@@ -393,7 +353,7 @@ def confined(root: Path, relative: str) -> Path | None:
         target = (base / relative).resolve()
         if target.is_relative_to(base) and target.is_file():
             return target
-    except (OSError, ValueError):  # a name too long, an embedded NUL byte
+    except (OSError, ValueError, RuntimeError):  # a name too long, an embedded NUL byte, a symlink loop
         pass
     return None
 
@@ -405,9 +365,12 @@ def _artifact_files(root: Path) -> list[ArtifactOut]:
     files = []
     for path in sorted(base.rglob("*")):
         target = confined(base, str(path.relative_to(base)))
-        if target is None:  # a folder, or a link leading out of the job's folder
+        if target is None:  # a folder, a link leading out of the job's folder, a symlink loop
             continue
-        stat = target.stat()
+        try:
+            stat = target.stat()
+        except OSError:  # removed since it was listed
+            continue
         files.append(ArtifactOut(
             path=path.relative_to(base).as_posix(), size=stat.st_size,
             modified_at=dt.datetime.fromtimestamp(stat.st_mtime, dt.timezone.utc),
@@ -431,7 +394,9 @@ class _JobsByState:
 def _install_error_handlers(app: FastAPI) -> None:
     def answer(status: int, detail: str, problems: list[SpecProblem] | None = None,
                headers: dict[str, str] | None = None) -> JSONResponse:
-        body = ErrorOut(detail=detail, problems=problems or [])
+        # Problems may quote the client's input: written encodable whatever it held.
+        body = ErrorOut(detail=printable(detail), problems=[
+            SpecProblem(path=printable(p.path), message=printable(p.message)) for p in problems or []])
         return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
