@@ -521,8 +521,9 @@ def parse_spec(document: Any, source: str | None = None) -> JobSpec:
     try:
         spec = JobSpec.model_validate(document)
     except ValidationError as e:
-        seen = {p.path for p in problems}
-        problems += [p for p in _problems(e) if p.path not in seen]  # one problem per path
+        # One problem per place: what the document check found covers what pydantic says there (or above it).
+        problems += [p for p in _problems(e)
+                     if not any(q.path == p.path or q.path.startswith(f"{p.path}.") or not p.path for q in problems)]
     if problems:
         raise SpecError(problems, source)
     return spec
@@ -613,8 +614,9 @@ def parse_yaml(text: str, source: str | None = None) -> Any:
     """Parse one YAML (or JSON) document as a spec reader must: duplicate keys, aliases and merge keys
     are errors, nesting and size are bounded. Raises SpecError with located problems (line, column)."""
     _too_large(text, source)
-    loader = _SpecLoader(text)
+    loader = None
     try:
+        loader = _SpecLoader(text)  # reads the first characters already: may raise a ReaderError
         root = loader.get_single_node()
         duplicates = _duplicate_keys(loader, root)
         document = loader.construct_document(root) if root is not None and not duplicates else None
@@ -625,7 +627,8 @@ def parse_yaml(text: str, source: str | None = None) -> Any:
     except (ValueError, OverflowError, RecursionError) as e:  # e.g. an integer of thousands of digits
         raise SpecError([SpecProblem(path="", message=_printable(f"cannot read the document: {e}"))], source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if duplicates:
         raise SpecError(duplicates, source)
     return document

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from prime_ray.data.validation import DataError, LoadResult, RowValidator
-from prime_ray.spec import TaskSpec
+from prime_ray.spec import DuplicateKey, TaskSpec, unique_keys
 
 
 def json_lines(path: str | Path, validator: RowValidator) -> Iterator[tuple[int, Any]]:
@@ -32,9 +32,11 @@ def json_lines(path: str | Path, validator: RowValidator) -> Iterator[tuple[int,
             if not text.strip():
                 continue
             try:
-                yield number, json.loads(text)
+                yield number, json.loads(text, object_pairs_hook=unique_keys)
             except json.JSONDecodeError as e:
                 validator.problem(number, "", f"invalid JSON: {e.msg} (column {e.colno})")
+            except DuplicateKey as e:  # json.loads would keep the last value silently
+                validator.problem(number, "", f"invalid JSON: {e}")
 
 
 def read_jsonl(path: str | Path, task: TaskSpec | None = None) -> LoadResult:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prime_ray.data.validation import DataError, LoadResult, Problem, RowValidator, json_type
-from prime_ray.spec import TaskSpec
+from prime_ray.spec import DuplicateKey, TaskSpec, unique_keys
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,10 @@ TASK_FIELDS: dict[str, tuple[ProfileFields, ...]] = {
 def _load_json(path: Path) -> Any:
     try:
         with path.open(encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=unique_keys)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, DuplicateKey) as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
 
 
