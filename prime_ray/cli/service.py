@@ -89,7 +89,9 @@ def up(
     port: Optional[int] = typer.Option(None, "--port", help="Gateway port [env PRIME_RAY_PORT, 8000; 0: a free one]."),
     num_cpus: int = typer.Option(2, "--num-cpus", min=1, help="CPUs of the local Ray head."),
 ) -> None:
-    """Start a local Ray head (Jobs API) and the gateway on loopback, in the background."""
+    """Start a local Ray head (Jobs API) and the gateway on loopback, in the background.
+
+    Run again after a crash, it starts only what is not running (never stopping a live Ray head or its jobs)."""
     from prime_ray.service import stack
 
     try:
@@ -99,8 +101,9 @@ def up(
         raise typer.Exit(1)
     console = Console()
     console.print(f"gateway {'already running' if result.reused else 'started'}: {result.url}")
-    console.print(f"ray jobs api: {result.state['ray']['temp_dir']} "
-                  f"(dashboard on 127.0.0.1:{result.state['ray']['ports']['dashboard-port']})", highlight=False)
+    console.print(f"ray head {'already running' if result.ray_reused else 'started'}: {result.state['ray']['temp_dir']} "
+                  f"(dashboard on 127.0.0.1:{result.state['ray']['ports']['dashboard-port']}; "
+                  "everything listens on 127.0.0.1 only)", highlight=False)
     if result.api_key:
         console.print("admin API key (shown once):")
         typer.echo(result.api_key)

@@ -84,6 +84,7 @@ def run_job(
     result = JobResult(job_dir=artifacts.job_dir, uri=artifacts.uri)
     digests: dict[str, str] = {}
     try:
+        _preflight(spec, order)
         for name in order:
             stage = STAGES[name]()
             outcome = _run_stage(stage, spec, artifacts, events, digests, ray_address, force=name in force)
@@ -100,6 +101,18 @@ def run_job(
     events.emit("job_finished", message=f"artifacts: {artifacts.uri}")
     artifacts.push(artifacts.events_path.name)
     return result
+
+
+def _preflight(spec: JobSpec, order: list[str]) -> None:
+    """Mistakes found from the spec and the model's config alone, before any stage spends time: a job
+    that will train checks its LoRA target modules (a name matching nothing would be silently ignored)."""
+    if "train" in order:
+        from prime_ray.training.lora import check_target_modules
+
+        try:
+            check_target_modules(spec.model, spec.train.lora)
+        except ValueError as e:
+            raise StageFailed("train", e) from e
 
 
 def _run_stage(stage, spec, artifacts, events, digests, ray_address, force) -> StageOutcome:
