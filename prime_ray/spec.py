@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -18,18 +17,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "DuplicateKey",
+    "EvalMode",
     "JobSpec",
+    "PromptMode",
     "SpecError",
     "SpecProblem",
+    "config_hash",
     "load_spec",
+    "parse_json",
     "parse_spec",
     "parse_yaml",
-    "parse_json",
-    "unique_keys",
     "spec_json_schema",
-    "config_hash",
-    "PromptMode",
-    "EvalMode",
+    "unique_keys",
 ]
 
 

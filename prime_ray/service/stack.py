@@ -58,7 +58,7 @@ def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) 
     """Start what is not running of the recorded stack; make an admin key if there is none.
 
     A live gateway is reused. After a gateway crash only the gateway is started again, on the same
-    database, artifact root, Ray head and token (and on its old port when no port is asked for), so the
+    database, artifact root, Ray head and token (with port 0, on its old port while free), so the
     jobs running in Ray go on. A Ray head whose GCS still runs is never stopped; one that died is
     cleared and started anew. The gateway's port is checked before anything is started or stopped:
     RuntimeError when it is taken.

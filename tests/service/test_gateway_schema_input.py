@@ -77,7 +77,7 @@ def _replaced(document, path, value):
 
 @pytest.mark.timeout(600)
 def test_every_operation_with_any_unicode_and_negative_values(gateway):
-    app, api, headers = gateway
+    _, api, headers = gateway
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) == 11
     for operation in operations:
