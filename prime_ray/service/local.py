@@ -110,8 +110,13 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, object_store_mb: int = 
     with log_path.open("wb") as log:
         # A new session: the daemons `ray start` leaves behind share its process group.
         starter = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        code = starter.wait(timeout=timeout_s)
-    head = LocalRay(temp_dir=str(temp_dir), pgid=starter.pid, ports=ports, token_file=str(token_file))
+        head = LocalRay(temp_dir=str(temp_dir), pgid=starter.pid, ports=ports, token_file=str(token_file))
+        try:
+            code = starter.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            stop_ray_head(head)  # what it started so far must not outlive the failure
+            raise TimeoutError(f"`ray start` did not finish within {timeout_s:.0f}s; see {log_path}:\n"
+                               f"{log_path.read_text()[-2000:]}") from None
     if code != 0:
         stop_ray_head(head)
         raise RuntimeError(f"`ray start` failed (exit {code}); see {log_path}:\n{log_path.read_text()[-2000:]}")

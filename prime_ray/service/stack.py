@@ -82,7 +82,7 @@ def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) 
     if started_head:
         if state.get("ray"):
             stop_ray_head(LocalRay(**state["ray"]))  # leftovers of the dead head
-        head = start_ray_head(cache_dir("ray-up"), num_cpus=num_cpus)
+        head = start_ray_head(cache_dir("ray-up"), num_cpus=num_cpus, timeout_s=timeout_s)
         state = {"ray": head.to_json(), "db_url": settings.db_url, "artifact_root": settings.artifact_root}
     state.pop("gateway", None)
     path.write_text(json.dumps(state, indent=2))  # recorded at once: `down` can stop a half-started stack

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from prime_ray.service.local import LOOPBACK, LocalRay, _cluster_processes, listening_addresses
+from prime_ray.service.local import LOOPBACK, LocalRay, _cluster_processes, listening_addresses, start_ray_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -140,3 +140,14 @@ def test_up_listens_on_loopback_only_and_restarts_only_a_dead_gateway(home):
 
     log = Path(restarted["gateway"]["log"]).read_text()
     assert "Traceback" not in log and "unhandled error" not in log
+
+
+def test_a_ray_start_that_does_not_finish_in_time_leaves_nothing_running():
+    temp_dir = Path(tempfile.mkdtemp(prefix="prt-", dir="/tmp"))
+    try:
+        with pytest.raises(TimeoutError, match="did not finish within 1s"):
+            start_ray_head(temp_dir, num_cpus=1, timeout_s=1)
+        leftovers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or ())]
+        assert leftovers == []
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
