@@ -69,6 +69,9 @@ class RayJobs:
     def status(self, submission_id: str) -> str:
         return self.http.get(f"/api/jobs/{submission_id}").json()["status"]
 
+    def logs(self, submission_id: str) -> str:
+        return self.http.get(f"/api/jobs/{submission_id}/logs").json()["logs"]
+
 
 @pytest.fixture
 def home():
@@ -98,8 +101,15 @@ def test_up_listens_on_loopback_only_and_restarts_only_a_dead_gateway(home):
     head = LocalRay(**state["ray"])
     gcs = next(p for p in _cluster_processes(head) if p.name() == "gcs_server")
 
-    # A Ray job that runs until it is stopped; its workers open ports of their own too.
+    # A job driver joins the loopback head and runs a task on it.
     ray_jobs = RayJobs(state)
+    probe = ray_jobs.submit(f"{sys.executable} -c 'import ray; ray.init(); "
+                            "print(\"node\", ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote()))'")
+    _until(lambda: ray_jobs.status(probe) in ("SUCCEEDED", "FAILED", "STOPPED"))
+    assert ray_jobs.status(probe) == "SUCCEEDED", ray_jobs.logs(probe)
+    assert "node 127.0.0.1" in ray_jobs.logs(probe)
+
+    # A Ray job that runs until it is stopped; its workers open ports of their own too.
     job = ray_jobs.submit(f"{sys.executable} -c 'import time; time.sleep(3600)'")
     _until(lambda: ray_jobs.status(job) == "RUNNING")
     assert _not_loopback(state) == {}  # gateway, GCS, raylet, dashboard, agents, metrics, client server, job
