@@ -18,24 +18,31 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "DuplicateKey",
+    "EvalMode",
     "JobSpec",
+    "PromptMode",
     "SpecError",
     "SpecProblem",
-    "load_spec",
-    "resolve_spec_paths",
-    "parse_spec",
-    "spec_json_schema",
     "config_hash",
+    "derive_seed",
+    "load_spec",
+    "parse_json",
+    "parse_spec",
+    "parse_yaml",
+    "resolve_spec_paths",
+    "spec_json_schema",
+    "unique_keys",
     "PromptMode",
     "EvalMode",
-    "derive_seed",
 ]
 
 
 class _Strict(BaseModel):
-    """Unknown fields are errors: a typo in a spec must not silently fall back to a default."""
+    """Unknown fields are errors: a typo in a spec must not silently fall back to a default. NaN and
+    infinities are errors at every float field: NaN passes every comparison and would reject data later."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------- model
@@ -479,6 +486,7 @@ class JobSpec(_Strict):
         extra="forbid",
         frozen=True,
         populate_by_name=True,
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -557,12 +565,17 @@ class SpecError(ValueError):
         super().__init__(f"invalid job spec{where}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
+def _printable(text: str) -> str:
+    """`text` with lone surrogates written as escapes: an error message must itself be encodable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _problems(error: ValidationError) -> list[SpecProblem]:
     out = []
     for err in error.errors():
         # Discriminated unions put the chosen member's tag in the location ('source', 'movielens-100k', 'task'):
         # drop tags so the path is the one in the user's document.
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+        loc = [_printable(str(p)) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
@@ -581,25 +594,198 @@ def _problems(error: ValidationError) -> list[SpecProblem]:
             message = "unknown field"
         elif err["type"] == "missing":
             message = "field required"
-        out.append(SpecProblem(path=".".join(loc), message=message))
+        elif err["type"] == "finite_number":
+            message = "must be a finite number"
+        out.append(SpecProblem(path=".".join(loc), message=_printable(message)))
     return out
 
 
 _UNION_TAGS = {"jsonl", "movielens-100k", "lamp", "threads", "label", "rating", "text", "ranking"}
+
+# Bounds of a spec document. A spec is a few hundred lines and a few levels deep; the bounds are checked
+# while it is read, so a hostile document costs little to refuse.
+MAX_SPEC_CHARS = 1 << 20
+MAX_SPEC_DEPTH = 32
+# Integers a spec may hold: what every consumer downstream (SQLite, Arrow, torch seeds) can store.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def _document_problems(document: Any) -> list[SpecProblem]:
+    """What no spec field accepts, wherever it is: integers beyond 64 bits, strings that cannot be
+    encoded (lone surrogates, from `\\ud800` escapes), nesting deeper than MAX_SPEC_DEPTH."""
+    problems = []
+    stack: list[tuple[list[str], Any]] = [([], document)]
+    while stack:  # iterative: a document nested a thousand deep must not exhaust the call stack here
+        path, value = stack.pop()
+        where = ".".join(_printable(p) for p in path)
+        if isinstance(value, (dict, list)) and len(path) >= MAX_SPEC_DEPTH:
+            problems.append(SpecProblem(path=where, message=f"nested deeper than {MAX_SPEC_DEPTH} levels"))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and not _encodable(key):
+                    problems.append(SpecProblem(path=".".join([*path, _printable(key)]).lstrip("."),
+                                                message="key is not valid Unicode text (a lone surrogate)"))
+                    continue
+                stack.append(([*path, str(key)], item))
+        elif isinstance(value, list):
+            stack.extend(([*path, str(i)], item) for i, item in enumerate(value))
+        elif isinstance(value, str) and not _encodable(value):
+            problems.append(SpecProblem(path=where, message="not valid Unicode text (a lone surrogate)"))
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+            problems.append(SpecProblem(path=where, message="out of range (integers must fit in 64 bits)"))
+    return sorted(problems, key=lambda p: p.path)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_spec(document: Any, source: str | None = None) -> JobSpec:
     """Validate a loaded document; raise SpecError listing every problem by path."""
     if not isinstance(document, dict):
         raise SpecError([SpecProblem(path="", message=f"a spec is a mapping, got {type(document).__name__}")], source)
+    problems = _document_problems(document)
     try:
-        return JobSpec.model_validate(document)
+        spec = JobSpec.model_validate(document)
     except ValidationError as e:
-        raise SpecError(_problems(e), source) from None
+        # One problem per place: what the document check found covers what pydantic says there (or above it).
+        problems += [p for p in _problems(e)
+                     if not any(q.path == p.path or q.path.startswith(f"{p.path}.") or not p.path for q in problems)]
+    if problems:
+        raise SpecError(problems, source)
+    return spec
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names a key twice (see `unique_keys`)."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(f"duplicate key {_printable(key)!r}")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A `json.load(s)` object_pairs_hook: a key given twice raises DuplicateKey instead of silently
+    keeping the last value (what `json.loads` does by default)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses aliases and merge keys and stops composing past MAX_SPEC_DEPTH
+    (events are parsed lazily, so nothing deeper is ever parsed)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            # An alias lets a small document expand into a huge one; a spec never needs one.
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted", event.start_mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_SPEC_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_SPEC_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _duplicate_keys(loader: yaml.SafeLoader, root: yaml.Node | None) -> list[SpecProblem]:
+    """Every key named twice in one mapping, by path, with both lines (1-based). YAML merge keys
+    (`<<`) are refused too: they override silently as well."""
+    problems = []
+    stack: list[tuple[list[str], Any]] = [([], root)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(([*path, str(i)], item) for i, item in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            name = _printable(str(key_node.value)) if isinstance(key_node, yaml.ScalarNode) else "?"
+            where = ".".join([*path, name])
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                problems.append(SpecProblem(path=where, message=f"YAML merge keys are not accepted "
+                                            f"(line {key_node.start_mark.line + 1})"))
+                continue
+            try:
+                key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+                hash(key)
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+                key = None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in first_line:
+                problems.append(SpecProblem(path=where, message=f"duplicate key (line {line}, first on line {first_line[key]})"))
+            elif key is not None:
+                first_line[key] = line
+            stack.append(([*path, name], value_node))
+    return sorted(problems, key=lambda p: p.path)
+
+
+def _too_large(text: str, source: str | None) -> None:
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError([SpecProblem(path="", message=f"a spec is at most {MAX_SPEC_CHARS} characters, "
+                                     f"this one has {len(text)}")], source)
+
+
+def parse_yaml(text: str, source: str | None = None) -> Any:
+    """Parse one YAML (or JSON) document as a spec reader must: duplicate keys, aliases and merge keys
+    are errors, nesting and size are bounded. Raises SpecError with located problems (line, column)."""
+    _too_large(text, source)
+    loader = None
+    try:
+        loader = _SpecLoader(text)  # reads the first characters already: may raise a ReaderError
+        root = loader.get_single_node()
+        duplicates = _duplicate_keys(loader, root)
+        document = loader.construct_document(root) if root is not None and not duplicates else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise SpecError([SpecProblem(path="", message=_printable(f"not valid YAML/JSON{where}: {e}"))], source) from None
+    except (ValueError, OverflowError, RecursionError) as e:  # e.g. an integer of thousands of digits
+        raise SpecError([SpecProblem(path="", message=_printable(f"cannot read the document: {e}"))], source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if duplicates:
+        raise SpecError(duplicates, source)
+    return document
+
+
+def parse_json(text: str, source: str | None = None) -> Any:
+    """Parse a JSON document with the rules of `parse_yaml` (duplicate keys are errors, located by line)."""
+    _too_large(text, source)
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as e:
+        raise SpecError([SpecProblem(path="", message=f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}")],
+                        source) from None
+    except DuplicateKey as e:
+        try:  # JSON is YAML: the YAML reader locates the duplicates by path and line
+            parse_yaml(text, source)
+        except SpecError as located:
+            if any("duplicate key" in p.message for p in located.problems):
+                raise located from None
+        raise SpecError([SpecProblem(path="", message=str(e))], source) from None
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, nesting past the C limit
+        raise SpecError([SpecProblem(path="", message=_printable(f"cannot read the document: {e}"))], source) from None
 
 
 def load_spec(path: str | Path) -> JobSpec:
-    """Load a JobSpec from a YAML or JSON file (JSON is YAML)."""
+    """Load a JobSpec from a YAML or JSON file (JSON is YAML); see `parse_yaml` for the reading rules."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Notepad writes one) is not content
@@ -609,13 +795,7 @@ def load_spec(path: str | Path) -> JobSpec:
         line = e.object[: e.start].count(b"\n") + 1
         message = f"not valid UTF-8 (line {line}, byte 0x{e.object[e.start]:02X})"
         raise SpecError([SpecProblem(path="", message=message)], str(path)) from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise SpecError([SpecProblem(path="", message=f"not valid YAML/JSON{where}: {e}")], str(path)) from None
-    return resolve_spec_paths(parse_spec(document, str(path)), path.parent)
+    return resolve_spec_paths(parse_spec(parse_yaml(text, str(path)), str(path)), path.parent)
 
 
 # ------------------------------------------------------------------------------- spec paths

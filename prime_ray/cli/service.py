@@ -90,7 +90,9 @@ def up(
     port: Optional[int] = typer.Option(None, "--port", help="Gateway port [env PRIME_RAY_PORT, 8000; 0: a free one]."),
     num_cpus: int = typer.Option(2, "--num-cpus", min=1, help="CPUs of the local Ray head."),
 ) -> None:
-    """Start a local Ray head (Jobs API) and the gateway on loopback, in the background."""
+    """Start a local Ray head (Jobs API) and the gateway on loopback, in the background.
+
+    Run again after a crash, it starts only what is not running (never stopping a live Ray head or its jobs)."""
     from prime_ray.service import stack
 
     try:
@@ -100,8 +102,9 @@ def up(
         raise typer.Exit(1)
     console = out_console()
     say(console, f"gateway {'already running' if result.reused else 'started'}: {result.url}")
-    say(console, f"ray jobs api: {result.state['ray']['temp_dir']} "
-                 f"(dashboard on 127.0.0.1:{result.state['ray']['ports']['dashboard-port']})")
+    say(console, f"ray head {'already running' if result.ray_reused else 'started'}: {result.state['ray']['temp_dir']} "
+                 f"(dashboard on 127.0.0.1:{result.state['ray']['ports']['dashboard-port']}; "
+                 "everything listens on 127.0.0.1 only)")
     # Joining this Ray from `prime-ray run` needs its address and its auth token (Ray enables token
     # auth; a driver reads the token from RAY_AUTH_TOKEN_PATH).
     from prime_ray.service.local import LocalRay

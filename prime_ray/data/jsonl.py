@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from prime_ray.data.text import text_lines
 from prime_ray.data.validation import DataError, LoadResult, RowValidator
-from prime_ray.spec import TaskSpec
+from prime_ray.spec import DuplicateKey, TaskSpec, unique_keys
 
 
 def json_lines(path: str | Path, validator: RowValidator) -> Iterator[tuple[int, Any]]:
@@ -32,9 +32,12 @@ def json_lines(path: str | Path, validator: RowValidator) -> Iterator[tuple[int,
         if not text.strip():
             continue
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as e:
             validator.problem(number, "", f"invalid JSON: {e.msg} (column {e.colno})")
+            continue
+        except DuplicateKey as e:  # json.loads would keep the last value silently
+            validator.problem(number, "", f"invalid JSON: {e}")
             continue
         except ValueError as e:  # e.g. an integer of more than 4300 digits
             validator.problem(number, "", f"invalid JSON: {e}")

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from jinja2 import TemplateError  # what a chat template's raise_exception(...) raises in transformers
+
 from prime_ray.data.schema import Item
 from prime_ray.spec import PromptMode, PromptTemplates, TaskSpec
 from prime_ray.tasks import task_kind
@@ -96,8 +98,17 @@ def _episodes_block(episodes: Sequence[Item], limit: int) -> str:
 
 
 def _chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> str:
+    """One system and one user turn through the model's chat template, with the generation prompt.
+
+    Some templates have no system role and raise on one (Gemma's: "System role not supported"): then
+    the system text opens the user turn instead, as those models' own documentation advises.
+    """
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        folded = [{"role": "user", "content": f"{system.strip()}\n\n{user}" if system.strip() else user}]
+        return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
 
 
 def render_prompt(

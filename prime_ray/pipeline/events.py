@@ -83,6 +83,8 @@ def read_events(path: str | Path, offset: int = 0) -> Iterator[tuple[int, Event]
     if not path.exists():
         return
     with path.open("rb") as f:
+        if offset > os.fstat(f.fileno()).st_size:
+            return  # past the end: nothing yet (and seek refuses offsets beyond the filesystem's limit)
         f.seek(offset)
         for raw in f:
             if not raw.endswith(b"\n"):

@@ -164,6 +164,7 @@ def run_job(
     ray_session = _RaySession(spec, ray_address)
     try:
         signals.claim()
+        _preflight(spec, order)
         for name in order:
             current = name
             stage = STAGES[name]()
@@ -189,6 +190,18 @@ def run_job(
     events.emit("job_finished", message=f"artifacts: {artifacts.uri}")
     artifacts.push(artifacts.events_path.name)
     return result
+
+
+def _preflight(spec: JobSpec, order: list[str]) -> None:
+    """Mistakes found from the spec and the model's config alone, before any stage spends time: a job
+    that will train checks its LoRA target modules (a name matching nothing would be silently ignored)."""
+    if "train" in order:
+        from prime_ray.training.lora import check_target_modules
+
+        try:
+            check_target_modules(spec.model, spec.train.lora)
+        except ValueError as e:
+            raise StageFailed("train", e) from e
 
 
 class _RaySession:

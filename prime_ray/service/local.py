@@ -7,6 +7,12 @@ process naming its temp dir, with their children (the job drivers), never anothe
 
 The head runs with its own token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH in its temp dir), so it
 neither depends on nor touches ~/.ray/auth_token.
+
+Everything the head opens listens on loopback only. `--node-ip-address=127.0.0.1` alone is not enough:
+`ray start` replaces a loopback node address by the host's address, and its servers then listen on that
+address or on all interfaces. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (a single-node cluster, which a
+local head is) Ray keeps 127.0.0.1 as the node's address and binds every server there. Every port is
+chosen here, including the two metrics ports Ray otherwise fixes (44217, 44227).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import psutil
 # Every port the head opens, so two clusters on one machine never collide on a default.
 _PORT_OPTIONS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
                  "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+# Ports Ray takes from the environment only: the dashboard's and the autoscaler's own metrics servers.
+_PORT_VARIABLES = {"dashboard-metrics-port": "DASHBOARD_METRIC_PORT", "autoscaler-metrics-port": "AUTOSCALER_METRIC_PORT"}
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 
 def free_port() -> int:
@@ -38,7 +47,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on host:port now. SO_REUSEADDR, as uvicorn (and most servers) set
+    it: sockets of a dead server left in TIME_WAIT do not make the port taken, a listening socket does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -83,24 +95,31 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, object_store_mb: int = 
     if not token_file.exists():
         token_file.write_text(secrets.token_hex(32))
         token_file.chmod(0o600)
-    ports = {option: free_port() for option in _PORT_OPTIONS}
+    ports = {option: free_port() for option in (*_PORT_OPTIONS, *_PORT_VARIABLES)}
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0",
                # A stopped job gets SIGTERM, then SIGKILL after this many seconds (Ray's default: 3): time
                # for the runner to delete its Serve app, which outlives a killed driver.
-               RAY_JOB_STOP_WAIT_TIME_S="30")
+               RAY_JOB_STOP_WAIT_TIME_S="30",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # keep 127.0.0.1 as the node address: bind loopback only
+               **{variable: str(ports[name]) for name, variable in _PORT_VARIABLES.items()})
     command = [
         *_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         "--include-dashboard=true", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",
         f"--object-store-memory={object_store_mb * 1024 * 1024}", "--disable-usage-stats",
-        *(f"--{option}={port}" for option, port in ports.items()),
+        *(f"--{option}={ports[option]}" for option in _PORT_OPTIONS),
     ]
     log_path = temp_dir / "ray-start.log"
     with log_path.open("wb") as log:
         # A new session: the daemons `ray start` leaves behind share its process group.
         starter = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        code = starter.wait(timeout=timeout_s)
-    head = LocalRay(temp_dir=str(temp_dir), pgid=starter.pid, ports=ports, token_file=str(token_file))
+        head = LocalRay(temp_dir=str(temp_dir), pgid=starter.pid, ports=ports, token_file=str(token_file))
+        try:
+            code = starter.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            stop_ray_head(head)  # what it started so far must not outlive the failure
+            raise TimeoutError(f"`ray start` did not finish within {timeout_s:.0f}s; see {log_path}:\n"
+                               f"{log_path.read_text()[-2000:]}") from None
     if code != 0:
         stop_ray_head(head)
         raise RuntimeError(f"`ray start` failed (exit {code}); see {log_path}:\n{log_path.read_text()[-2000:]}")
@@ -149,6 +168,30 @@ def _cluster_processes(head: LocalRay) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return list(found.values())
+
+
+def ray_head_running(head: LocalRay) -> bool:
+    """Whether the head's GCS still runs: then the cluster (and the jobs on it) is alive, even while its
+    dashboard is slow to answer."""
+    for proc in _cluster_processes(head):
+        try:
+            if proc.name() == "gcs_server" and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def listening_addresses(pids: list[int]) -> dict[int, list[tuple[str, int]]]:
+    """The (address, port) pairs each process listens on (TCP), for the checks and docs of what `up` opens."""
+    out = {}
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        out[pid] = sorted((c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN)
+    return out
 
 
 def stop_ray_head(head: LocalRay, grace_s: float = 3) -> int:

@@ -1,7 +1,9 @@
 """`prime-ray up` / `down`: a local Ray head and a gateway on loopback, as background processes.
 
 `up` records what it started (PIDs, process group, ports, temp dir) in a state file under the cache;
-`down` stops exactly those processes and removes the file. Running `up` twice reuses what runs.
+`down` stops exactly those processes and removes the file. Running `up` again starts only what is not
+running: after a gateway crash, a gateway on the same database, Ray head and token; the Ray head and
+its jobs are never stopped by `up`. Everything listens on 127.0.0.1 (see `local.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prime_ray.service.local import (
     LocalRay,
     free_port,
     port_is_free,
+    ray_head_running,
     read_state,
     start_ray_head,
     stop_process_group,
@@ -39,8 +42,9 @@ def state_file() -> Path:
 class Stack:
     url: str
     api_key: str | None  # only when `up` created it: keys are shown once
-    reused: bool
+    reused: bool  # the gateway was running already
     state: dict
+    ray_reused: bool = True  # the Ray head was running already (its jobs went on)
 
 
 def _alive(pid: int, created: float) -> bool:
@@ -51,28 +55,44 @@ def _alive(pid: int, created: float) -> bool:
 
 
 def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) -> Stack:
-    """Start Ray and the gateway unless the recorded ones still run; make an admin key if there is none."""
+    """Start what is not running of the recorded stack; make an admin key if there is none.
+
+    A live gateway is reused. After a gateway crash only the gateway is started again, on the same
+    database, artifact root, Ray head and token (with port 0, on its old port while free), so the
+    jobs running in Ray go on. A Ray head whose GCS still runs is never stopped; one that died is
+    cleared and started anew. The gateway's port is checked before anything is started or stopped:
+    RuntimeError when it is taken.
+    """
     path = state_file()
-    state = read_state(path)
-    running = (state or {}).get("gateway")
+    state = read_state(path) or {}
+    running = state.get("gateway")
     if running and _alive(running["pid"], running["created"]):
         return Stack(url=running["url"], api_key=None, reused=True, state=state)
-    if state:
-        down()  # leftovers of a stack that half died
-    port = settings.port or free_port()
+
+    head = LocalRay(**state["ray"]) if state.get("ray") else None
+    if head is not None and not ray_head_running(head):
+        head = None  # died: what remains of it is cleared below, once the port is known to be free
+    port = settings.port or _previous_port(running) or free_port()
     if not port_is_free(port):
-        raise RuntimeError(f"port {port} is taken: choose another with --port (0: any free port)")
+        raise RuntimeError(f"port {port} is taken: choose another with --port (0: any free port); nothing was "
+                           "started or stopped")
     url = f"http://127.0.0.1:{port}"
 
-    head = start_ray_head(cache_dir("ray-up"), num_cpus=num_cpus)
-    state = {"ray": head.to_json(), "db_url": settings.db_url, "artifact_root": settings.artifact_root}
+    started_head = head is None
+    if started_head:
+        if state.get("ray"):
+            stop_ray_head(LocalRay(**state["ray"]))  # leftovers of the dead head
+        head = start_ray_head(cache_dir("ray-up"), num_cpus=num_cpus, timeout_s=timeout_s)
+        state = {"ray": head.to_json(), "db_url": settings.db_url, "artifact_root": settings.artifact_root}
+    state.pop("gateway", None)
     path.write_text(json.dumps(state, indent=2))  # recorded at once: `down` can stop a half-started stack
+    gateway: subprocess.Popen | None = None
     try:
         log_path = Path(head.temp_dir) / "gateway.log"
         env = {**os.environ, "PRIME_RAY_RAY_TOKEN_FILE": head.token_file}
         command = [sys.executable, "-m", "prime_ray", "gateway", "--host", "127.0.0.1", "--port", str(port),
-                   "--db-url", settings.db_url, "--ray-address", head.jobs_url,
-                   "--artifact-root", settings.artifact_root]
+                   "--db-url", state["db_url"], "--ray-address", head.jobs_url,
+                   "--artifact-root", state["artifact_root"]]
         with log_path.open("ab") as log:
             gateway = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -84,14 +104,29 @@ def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) 
         except RuntimeError:
             raise RuntimeError(f"the gateway did not start; its log {log_path}:\n{log_path.read_text()[-2000:]}") from None
     except BaseException:
-        down()
+        # Undo only what this call started: a Ray head that was already running keeps running.
+        if started_head:
+            down()
+        else:
+            if gateway is not None and gateway.poll() is None:
+                stop_process_group(gateway.pid)
+            state.pop("gateway", None)
+            path.write_text(json.dumps(state, indent=2))
         raise
     api_key = None
-    sessions = open_database(settings.db_url)
+    sessions = open_database(state["db_url"])
     if not has_live_key(sessions):
         _, api_key = create_key(sessions, name="admin")
     sessions.kw["bind"].dispose()
-    return Stack(url=url, api_key=api_key, reused=False, state=state)
+    return Stack(url=url, api_key=api_key, reused=False, state=state, ray_reused=not started_head)
+
+
+def _previous_port(gateway: dict | None) -> int | None:
+    """The port of the gateway that ran before, so clients of a restarted one need no new address."""
+    if not gateway:
+        return None
+    port = int(gateway["url"].rsplit(":", 1)[1])
+    return port if port_is_free(port) else None
 
 
 def down() -> bool:

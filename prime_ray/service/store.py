@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import secrets
 from typing import Any
 
@@ -47,7 +48,8 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "seq" or not value.isdigit():
+        # At most 19 ASCII digits and within 64 bits: a larger number overflows the database's integer.
+        if kind != "seq" or not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > 2**63 - 1:
             raise ValueError
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -76,11 +78,14 @@ class JobStore:
             if existing is not None:
                 return existing, False
         job_id = f"job-{secrets.token_hex(6)}"
+        runnable = self._runnable_spec(spec, job_id)
+        # Every later answer encodes this document: refuse (ValueError) before storing what could not be sent.
+        json.dumps(runnable, allow_nan=False, ensure_ascii=False).encode("utf-8")
         row = JobRow(
             id=job_id,
             name=spec.name,
             state=JobState.queued.value,
-            spec=self._runnable_spec(spec, job_id),
+            spec=runnable,
             progress={},
             metrics={},
             owner_key_id=owner_key_id,

@@ -30,7 +30,7 @@ from typing import Any
 from prime_ray.data.schema import UserRecord
 from prime_ray.data.text import find_not_utf8, read_text
 from prime_ray.data.validation import DataError, LoadResult, Problem, RowValidator, json_type
-from prime_ray.spec import TaskSpec
+from prime_ray.spec import DuplicateKey, TaskSpec, unique_keys
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,11 @@ def _load_json(path: Path) -> Any:
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+    except DuplicateKey as e:  # json.loads would keep the last value silently
+        raise DataError(f"{path}: not valid JSON: {e}") from None
     except (ValueError, RecursionError) as e:
         raise DataError(f"{path}: not valid JSON: {e or 'nested too deeply'}") from None
 

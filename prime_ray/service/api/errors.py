@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prime_ray.service.models import ErrorOut
 from prime_ray.spec import SpecProblem
+from prime_ray.service.validation import ApiError, printable  # noqa: F401 - ApiError is raised by the routes
 
 log = logging.getLogger("prime_ray.gateway")
 
@@ -27,14 +28,6 @@ MEANING = {
 }
 
 
-class ApiError(Exception):
-    """Raised by a route or a dependency: answered as `status` with an ErrorOut body."""
-
-    def __init__(self, status: int, detail: str, problems: list[SpecProblem] | None = None,
-                 headers: dict[str, str] | None = None):
-        self.status, self.detail, self.problems, self.headers = status, detail, problems or [], headers
-
-
 def errors(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route can give (all of them an ErrorOut).
 
@@ -46,7 +39,9 @@ def errors(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     def answer(status: int, detail: str, problems: list[SpecProblem] | None = None,
                headers: dict[str, str] | None = None) -> JSONResponse:
-        body = ErrorOut(detail=detail, problems=problems or [])
+        # Details and problems may quote a client's input: lone surrogates are escaped so the answer encodes.
+        problems = [SpecProblem(path=printable(p.path), message=printable(p.message)) for p in problems or []]
+        body = ErrorOut(detail=printable(detail), problems=problems)
         return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -23,13 +23,13 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from prime_ray.pipeline.events import read_events
 # The API's own helpers, so the console parses specs and serves files exactly as the REST API does.
-from prime_ray.service.api.errors import ApiError
 from prime_ray.service.api.routes.artifacts import _artifact_files, confined
-from prime_ray.service.api.routes.jobs import _parse_spec_body, _stream_events
+from prime_ray.service.api.routes.jobs import _stream_events
 from prime_ray.service.follower import events_path, job_dir
 from prime_ray.service.keys import ApiKey, key_by_id, verify_key
 from prime_ray.service.states import JobState
 from prime_ray.service.store import JobNotFound
+from prime_ray.service.validation import MAX_OFFSET, ApiError, parse_spec_body
 from prime_ray.spec import JobSpec
 
 HERE = Path(__file__).parent
@@ -189,7 +189,8 @@ def install_console(app: FastAPI, session_secret: str) -> None:
         return Response(ANSI.sub("", "\n".join(text.splitlines()[-LOG_LINES:])), media_type="text/plain")
 
     @router.get("/jobs/{job_id}/stream")
-    async def job_stream(request: Request, key: ConsoleKey, job_id: str, cursor: int = 0) -> Response:
+    async def job_stream(request: Request, key: ConsoleKey, job_id: str,
+                         cursor: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Response:
         row = await run_in_threadpool(find, job_id)
         if row is None:
             return Response(status_code=404)
@@ -233,7 +234,7 @@ def install_console(app: FastAPI, session_secret: str) -> None:
         if key.read_only:
             raise Forbidden(f"API key {key.id} is read-only")
         try:
-            parsed = await run_in_threadpool(_parse_spec_body, "application/yaml", spec.encode())
+            parsed = await run_in_threadpool(parse_spec_body, "application/yaml", spec.encode())
         except ApiError as e:
             return _render(request, "submit.html", status_code=422, key=key, spec_text=spec, detail=e.detail,
                            problems=e.problems)

@@ -41,7 +41,7 @@ def confined(root: Path, relative: str) -> Path | None:
         target = (base / relative).resolve()
         if target.is_relative_to(base) and target.is_file():
             return target
-    except (OSError, ValueError):  # a name too long, an embedded NUL byte
+    except (OSError, ValueError, RuntimeError):  # a name too long, an embedded NUL byte, a symlink loop
         pass
     return None
 
@@ -55,7 +55,10 @@ def _artifact_files(root: Path) -> list[ArtifactOut]:
         target = confined(base, str(path.relative_to(base)))
         if target is None:  # a folder, or a link leading out of the job's folder
             continue
-        stat = target.stat()
+        try:
+            stat = target.stat()
+        except OSError:  # gone since the listing, or a link that cannot be followed
+            continue
         files.append(ArtifactOut(
             path=path.relative_to(base).as_posix(), size=stat.st_size,
             modified_at=dt.datetime.fromtimestamp(stat.st_mtime, dt.timezone.utc),

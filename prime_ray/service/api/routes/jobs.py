@@ -22,6 +22,7 @@ from prime_ray.service.models import EventOut, EventPage, JobList, JobOut, JobSu
 from prime_ray.service.states import IllegalTransition, JobState
 from prime_ray.service.store import BadCursor, IdempotencyConflict, JobStore
 from prime_ray.spec import JobSpec, SpecError, SpecProblem, parse_spec
+from prime_ray.service.validation import MAX_OFFSET, event_cursor, parse_spec_body
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -54,7 +55,7 @@ async def create_job(
 ) -> JobOut:
     """The body is a JobSpec document (JSON or YAML). Invalid specs get 422 with every problem by its
     path. The job runs under its id, with its artifacts under the gateway's artifact root."""
-    spec = _parse_spec_body(request.headers.get("content-type", ""), await request.body())
+    spec = await run_in_threadpool(parse_spec_body, request.headers.get("content-type", ""), await request.body())
     try:
         row, created = await run_in_threadpool(store.create, spec, key.id, idempotency_key)
     except IdempotencyConflict as e:
@@ -110,14 +111,15 @@ async def job_events(
     job_id: str,
     store: StoreDep,
     settings: SettingsDep,
-    cursor: Annotated[int | None, Query(ge=0, description="`next_cursor` of the previous page (a byte offset).")] = None,
+    cursor: Annotated[int | None, Query(ge=0, le=MAX_OFFSET,
+                                        description="`next_cursor` of the previous page (a byte offset).")] = None,
 ) -> Any:
     """JSON: the events after `cursor` (at most 1000). With `Accept: text/event-stream`: every event
     after `cursor` (or `Last-Event-ID`) as it is written, until the job ends."""
     row = await run_in_threadpool(find_job, job_id, store)
     path = events_path(settings, row.id)
     if "text/event-stream" in request.headers.get("accept", ""):
-        start = cursor if cursor is not None else _int_or_zero(request.headers.get("last-event-id"))
+        start = cursor if cursor is not None else event_cursor(request.headers.get("last-event-id"))
         return EventSourceResponse(_stream_events(store, row.id, path, start, settings.poll_interval_s))
     events = await run_in_threadpool(_events_page, path, cursor or 0)
     next_cursor = events[-1].cursor if events else (cursor or 0)
@@ -140,40 +142,6 @@ def job_logs(job: JobDep, ray: RayDep) -> str:
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-
-def _parse_spec_body(content_type: str, body: bytes) -> JobSpec:
-    media = content_type.split(";")[0].strip().lower()
-    if media not in JSON_TYPES + YAML_TYPES:
-        raise ApiError(415, f"send the spec as application/json or application/yaml, not {media or 'no content type'}")
-    if not body.strip():
-        raise ApiError(422, "invalid job spec", [SpecProblem(path="", message="the request body is empty")])
-    try:
-        if media in JSON_TYPES:
-            document = json.loads(body)
-        else:
-            document = _load_yaml(body.decode("utf-8"))
-    except json.JSONDecodeError as e:
-        raise ApiError(422, "invalid job spec", [SpecProblem(
-            path="", message=f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}")]) from None
-    except (ValueError, yaml.YAMLError, RecursionError) as e:
-        raise ApiError(422, "invalid job spec", [SpecProblem(path="", message=f"cannot read the body: {e}")]) from None
-    try:
-        return parse_spec(document)
-    except SpecError as e:
-        raise ApiError(422, f"invalid job spec: {len(e.problems)} problem(s)", e.problems) from None
-
-
-def _load_yaml(text_: str) -> Any:
-    # Aliases let a small document expand into a huge one: a spec never needs them.
-    for event in yaml.parse(text_, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            raise ValueError("YAML aliases (*name) are not accepted")
-    return yaml.safe_load(text_)
-
-
-def _int_or_zero(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0
 
 
 def _events_page(path: Path, cursor: int) -> list[EventOut]:
