@@ -7,6 +7,7 @@ local or shared POSIX filesystem); the CLI and the gateway read it to show progr
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal

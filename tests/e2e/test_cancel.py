@@ -39,7 +39,7 @@ def _spec(folder: Path) -> Path:
         # One user at a time and long traces: the traces stage lasts long enough to be stopped in.
         "generalist": {"max_batch_size": 4, "max_concurrency": 1, "num_cpus_per_replica": 1},
         "traces": {"samples_per_example": 2, "max_new_tokens": 48},
-        "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 6, "lr": 0.05,
+        "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 6, "learning_rate": 0.05,
                   "micro_batch_size": 1, "max_length": 256, "fast_thinking_baseline": True,
                   "log_every_steps": 1, "checkpoint_every_steps": 2},
         "eval": {"modes": ["generalist-direct", "prime-direct", "prime-personal-think"], "max_new_tokens": 32,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from prime_ray.pipeline.events import EventLog
-from prime_ray.service import app as app_module
+from prime_ray.service.api.routes import jobs as app_module  # where create_job calls parse_spec_body
 from prime_ray.service.app import create_app
 from prime_ray.service.keys import create_key
 from prime_ray.service.local import free_port

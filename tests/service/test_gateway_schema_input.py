@@ -24,7 +24,7 @@ CHECKS = [checks.not_a_server_error, checks.response_schema_conformance, checks.
           checks.content_type_conformance]
 EXAMPLE = {"name": "movielens-rating", "model": {"name_or_path": "tiny-test"}, "stages": ["ingest"],
            "data": {"source": {"format": "movielens-100k", "task": "rating"}, "task": {"kind": "rating", "min": 1, "max": 5}},
-           "traces": {"temperature": 0.8}, "train": {"lr": 0.0002, "max_steps": 3}, "seed": 0}
+           "traces": {"temperature": 0.8}, "train": {"learning_rate": 0.0002, "max_steps": 3}, "seed": 0}
 ODD_VALUES = st.sampled_from([math.nan, math.inf, -math.inf, 10**30, -(10**30), 2**63, "\ud800", "a\udfffb", "\x00",
                               "\U0010ffff", "e\u0301", "\u202e", 1e308, -0.0])
 
