@@ -32,7 +32,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_fastapi_instrumentator import Instrumentator
-from sqlalchemy import text
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from prime_ray import __version__
 from prime_ray.distributed.jobs import RayJobs, RayRefused, RayUnavailable
 from prime_ray.pipeline.events import read_events
-from prime_ray.service.db import open_database
+from prime_ray.service.db import DatabaseUnavailable, check_database, open_database
 from prime_ray.service.follower import Follower, events_path, job_dir
 from prime_ray.service.keys import ApiKey, verify_key
 from prime_ray.service.limits import BodySizeLimit
@@ -92,7 +91,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = None) -> FastAPI:
     """The gateway app. The database is migrated here; the follower runs while the app is served."""
     settings = settings or GatewaySettings()
-    sessions = open_database(settings.db_url)
+    sessions = open_database(settings.db_url, retry_s=settings.db_retry_s)
     store = JobStore(sessions, settings.artifact_root)
     ray = ray or RayJobs(settings.ray_address, settings.ray_token())
     follower = Follower(store, ray, settings)
@@ -278,12 +277,7 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
              dependencies=[Depends(require_key)],
              responses={503: {"model": ReadyOut, "description": "Not ready: see which part."}, **_errors(401)})
     def readyz() -> JSONResponse:
-        database = ray_state = "ok"
-        try:
-            with sessions() as session:
-                session.execute(text("SELECT 1"))
-        except Exception as e:  # noqa: BLE001 - any failure means not ready; say which
-            database = f"{type(e).__name__}: {e}"
+        database, ray_state = check_database(sessions), "ok"
         try:
             ray.ping()
         except (RayUnavailable, RayRefused) as e:
@@ -446,6 +440,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return answer(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        # Retried for PRIME_RAY_DB_RETRY_S already: the client may try again later (the SDK does).
+        return answer(503, str(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

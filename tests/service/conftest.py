@@ -1,0 +1,56 @@
+"""The gateway's tests run on both job databases: a SQLite file, and the real PostgreSQL server.
+
+`db_url` (one per test) and `module_db_url` (one per test module, for module-scoped gateways) are
+parametrized over both; each Postgres database is created for its test(s) and dropped after. The
+server is PRIME_RAY_TEST_POSTGRES_URL (default: the local one, trust authentication, database `test`,
+used only to create and drop the test databases).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+POSTGRES_URL = os.environ.get("PRIME_RAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextlib.contextmanager
+def fresh_database(backend: str, folder: Path) -> Iterator[str]:
+    """The URL of an empty database of `backend`, removed on exit."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'gateway.db'}"
+        return
+    name = f"prime_ray_test_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        admin.dispose()
+        raise RuntimeError(f"cannot create a test database on {POSTGRES_URL} (set PRIME_RAY_TEST_POSTGRES_URL "
+                           f"to a server where this user may CREATE DATABASE): {e}") from e
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:  # FORCE: a gateway's pooled connections may still be open
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(request, tmp_path_factory) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path_factory.mktemp(request.param)) as url:
+        yield url
