@@ -54,3 +54,45 @@ def db_url(request, tmp_path) -> Iterator[str]:
 def module_db_url(request, tmp_path_factory) -> Iterator[str]:
     with fresh_database(request.param, tmp_path_factory.mktemp(request.param)) as url:
         yield url
+
+
+@pytest.fixture
+def postgres_url(tmp_path) -> Iterator[str]:
+    """A fresh Postgres database only (what concerns a server: lost connections, several gateways)."""
+    with fresh_database("postgresql", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(tmp_path_factory) -> Iterator[str]:
+    with fresh_database("postgresql", tmp_path_factory.mktemp("postgresql")) as url:
+        yield url
+
+
+class PostgresAdmin:
+    """What an operator does to the server: end a database's sessions, stop and allow connections."""
+
+    def __init__(self) -> None:
+        self.engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+
+    def execute(self, sql: str, **params):
+        with self.engine.connect() as connection:
+            result = connection.execute(text(sql), params)
+            return result.all() if result.returns_rows else []
+
+    def terminate_sessions(self, db_url: str) -> int:
+        """`pg_terminate_backend` on every session of that database; how many there were."""
+        rows = self.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = :name AND pid <> pg_backend_pid()", name=make_url(db_url).database)
+        return sum(1 for (ended,) in rows if ended)
+
+    def allow_connections(self, db_url: str, allow: bool) -> None:
+        name = make_url(db_url).database
+        self.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}')
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[PostgresAdmin]:
+    admin = PostgresAdmin()
+    yield admin
+    admin.engine.dispose()
