@@ -187,9 +187,15 @@ def open_database(url: str, retry_s: float = DEFAULT_RETRY_S) -> sessionmaker:
     """
     engine = make_engine(url)
     retry_transient(lambda: migrate(engine), retry_s)
-    sessions = sessionmaker(engine, expire_on_commit=False)
-    sessions.retry_s = retry_s  # type: ignore[attr-defined]  # read by the store's retries
-    return sessions
+    return Sessions(engine, retry_s)
+
+
+class Sessions(sessionmaker):
+    """A session factory that also says how long its operations are retried (`retry_window`)."""
+
+    def __init__(self, engine: Engine, retry_s: float = DEFAULT_RETRY_S):
+        super().__init__(engine, expire_on_commit=False)
+        self.retry_s = retry_s
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -223,6 +229,7 @@ def retry_transient(operation: Callable[[], T], retry_s: float = DEFAULT_RETRY_S
 
 
 def retry_window(sessions: sessionmaker) -> float:
+    """How long operations on `sessions` are retried: its own window, or the default for a plain factory."""
     return getattr(sessions, "retry_s", DEFAULT_RETRY_S)
 
 

@@ -47,13 +47,13 @@ def verify_key(sessions: sessionmaker, presented: str) -> ApiKey | None:
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         return None
     _, key_id, secret = parts
+    if "\x00" in key_id:  # Postgres refuses NUL in a string; no key id has one
+        return None
 
     def read() -> ApiKeyRow | None:
         with sessions() as session:
             return session.get(ApiKeyRow, key_id)
 
-    if "\x00" in key_id:  # Postgres refuses NUL in a string; no key id has one
-        return None
     row = retry_transient(read, retry_window(sessions))  # every request reads it: ride out a lost connection
     if row is None or row.revoked_at is not None:
         return None
