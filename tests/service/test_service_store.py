@@ -10,7 +10,7 @@ import threading
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select, update
+from sqlalchemy import inspect, select, text, update
 
 from prime_ray.pipeline.events import EventLog, read_events
 from prime_ray.service.db import ApiKeyRow, Base, JobRow, make_engine, migrate, open_database, utcnow
@@ -248,3 +248,27 @@ def test_gateways_starting_together_migrate_once(db_url):
 def _expire_leases(store):
     with store.sessions.begin() as session:
         session.execute(update(JobRow).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+
+
+def test_a_database_of_the_first_schema_is_brought_forward_with_its_jobs(db_url, tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from prime_ray.service.db import MIGRATIONS
+
+    engine = make_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text(
+            "INSERT INTO jobs (id, name, state, spec, progress, metrics, submission_id, submitted, cancel_requested, "
+            "events_offset, created_at, updated_at) VALUES ('job-old', 'old', 'running', '{}', '{}', '{}', "
+            "'prime-ray-job-old', :yes, :no, 7, :now, :now)"), {"yes": True, "no": False, "now": utcnow()})
+    engine.dispose()
+    store = JobStore(open_database(db_url), str(tmp_path))
+    old = store.get("job-old")
+    assert old.state == "running" and old.events_offset == 7 and old.lease_owner is None
+    assert [j.id for j in store.claim("gw", lease_s=60)] == ["job-old"]
+    store.sessions.kw["bind"].dispose()
