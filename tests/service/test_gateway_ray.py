@@ -1,5 +1,6 @@
 """The gateway with a real Ray: `prime-ray up` (a local Ray head with the Jobs API, and the gateway in the
-background), jobs submitted through the SDK, and `prime-ray down` at the end.
+background), jobs submitted through the SDK, and `prime-ray down` at the end; once on SQLite and once
+on PostgreSQL (`module_db_url`).
 
 A job that must still be running at a given moment reads its data from a named pipe: its ingest stage
 waits on the pipe until the test writes the data (or cancels the job), so no timing is guessed.
