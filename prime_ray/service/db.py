@@ -210,13 +210,21 @@ def is_transient(error: BaseException) -> bool:
     return bool(error.connection_invalidated) or isinstance(error, (OperationalError, InterfaceError))
 
 
+def database_error(error: BaseException) -> str:
+    """A one-line reason: the driver's error class and the first line of its message."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
 def retry_transient(operation: Callable[[], T], retry_s: float = DEFAULT_RETRY_S) -> T:
     """Run `operation` (an idempotent unit: one transaction, or a read) and run it again on a transient
     database error, with exponential backoff and jitter (0.05 s doubling to 2 s) for up to `retry_s`
     seconds; then raise DatabaseUnavailable. Other errors propagate at once."""
 
     def _log(state: Any) -> None:
-        log.warning("database unreachable (try %d), retrying: %s", state.attempt_number, state.outcome.exception())
+        log.warning("database unreachable (try %d), retrying: %s", state.attempt_number,
+                    database_error(state.outcome.exception()))
 
     retrying = Retrying(retry=retry_if_exception(is_transient), wait=wait_exponential_jitter(initial=0.05, max=2),
                         stop=stop_after_delay(retry_s), before_sleep=_log, reraise=True)
@@ -224,7 +232,7 @@ def retry_transient(operation: Callable[[], T], retry_s: float = DEFAULT_RETRY_S
         return retrying(operation)
     except DBAPIError as e:
         if is_transient(e):
-            raise DatabaseUnavailable(f"the database cannot be reached: {type(e.orig).__name__}: {e.orig}") from e
+            raise DatabaseUnavailable(f"the database cannot be reached: {database_error(e)}") from e
         raise
 
 
@@ -234,12 +242,10 @@ def retry_window(sessions: sessionmaker) -> float:
 
 
 def check_database(sessions: sessionmaker) -> str:
-    """"ok" if the database answers a query now (no retries: /readyz reports the present state),
-    else why not."""
+    """`ok` if the database answers a query now, else why not (no retries: /readyz reports the present)."""
     try:
         with sessions() as session:
             session.execute(text("SELECT 1"))
     except Exception as e:  # noqa: BLE001 - any failure means not ready; say which
-        error = getattr(e, "orig", None) or e
-        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        return database_error(e)
     return "ok"
