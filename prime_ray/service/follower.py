@@ -109,10 +109,11 @@ class Follower:
             return
         # Least recently looked-at first, and no later than half a lease after the claim: a slow tick
         # stops while its leases are surely still its own; the rest is next tick's (claimed afresh).
+        # One job is always looked at, so that every job gets its turn however slow the database is.
         self._looked_at = {job.id: self._looked_at.get(job.id, 0.0) for job in jobs}
         jobs.sort(key=lambda job: self._looked_at[job.id])
-        for job in jobs:
-            if time.monotonic() > deadline:
+        for n, job in enumerate(jobs):
+            if n and time.monotonic() > deadline:
                 self.wake()
                 return
             self._looked_at[job.id] = time.monotonic()

@@ -5,13 +5,16 @@ gateway processes is test_gateway_replicas.py). On SQLite and on Postgres.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import types
 from collections import Counter
 
 from sqlalchemy import update
 
 from prime_ray.distributed.jobs import RayJobInfo, RayRefused
 from prime_ray.service.db import JobRow, open_database, utcnow
+from prime_ray.service import follower as follower_module
 from prime_ray.service.follower import Follower
 from prime_ray.service.settings import GatewaySettings
 from prime_ray.service.store import JobStore
@@ -108,4 +111,16 @@ def test_a_dead_gateways_jobs_are_followed_by_another_after_its_lease(db_url, tm
     second.tick()
     assert {store.get(job_id).state for job_id in ids} == {"succeeded"}
     assert sum(ray.submit_calls.values()) == 3
+    store.sessions.kw["bind"].dispose()
+
+
+def test_a_tick_slower_than_half_a_lease_still_gets_through_every_job(db_url, tmp_path, monkeypatch):
+    ray = MemoryRay()
+    store, (follower,) = _followers(db_url, tmp_path, ray, 1)
+    ids = [store.create(parse_spec(SPEC), "k")[0].id for _ in range(3)]
+    clock = itertools.count(step=1000)  # each reading of the follower's clock is 1000 s later: ticks run out
+    monkeypatch.setattr(follower_module, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    for _ in range(3):
+        follower.tick()  # one job per tick, the least recently looked-at first
+    assert all(store.get(job_id).submitted for job_id in ids)
     store.sessions.kw["bind"].dispose()
