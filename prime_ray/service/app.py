@@ -47,7 +47,7 @@ __all__ = ["create_app"]
 def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = None) -> FastAPI:
     """The gateway app. The database is migrated here; the follower runs while the app is served."""
     settings = settings or GatewaySettings()
-    sessions = open_database(settings.db_url)
+    sessions = open_database(settings.db_url, retry_s=settings.db_retry_s)
     store = JobStore(sessions, settings.artifact_root)
     ray = ray or RayJobs(settings.ray_address, settings.ray_token())
     follower = Follower(store, ray, settings)

@@ -1,7 +1,8 @@
 """The follower: one asyncio task that submits queued jobs to Ray and follows them to their end.
 
-Each tick looks at every job that is not finished, in the database (so a restarted gateway picks up
-exactly where the last one stopped):
+Each tick claims the unfinished jobs no other gateway holds (a lease of `lease_s` seconds, renewed
+every tick; see JobStore.claim) and looks at each, in the database (so a restarted gateway, or another
+gateway once the lease expired, picks up exactly where the last one stopped):
 
 - not yet known to Ray -> write its spec.json and submit it under its deterministic submission id
   (looked up first, so a job is never submitted twice, even after a crash between submit and commit);
@@ -9,7 +10,9 @@ exactly where the last one stopped):
 - otherwise -> apply the new lines of its events.jsonl (from the stored byte offset) and map Ray's
   status onto the job's state.
 
-While Ray cannot be reached, jobs stay as they are (queued ones are submitted once it is back).
+While Ray or the database cannot be reached, jobs stay as they are (queued ones are submitted once
+both are back). Every write names this gateway as the lease holder: a gateway that lost a job's lease
+(a tick slower than the lease) cannot overwrite what the new holder wrote.
 """
 
 from __future__ import annotations
@@ -17,17 +20,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
 import shlex
+import socket
+import time
 from pathlib import Path
 
 from prime_ray.distributed.jobs import RayJobInfo, RayJobs, RayRefused, RayUnavailable
 from prime_ray.pipeline.artifacts import EVENTS_FILE
 from prime_ray.pipeline.events import read_events
-from prime_ray.service.db import JobRow
+from prime_ray.service.db import DatabaseUnavailable, JobRow
 from prime_ray.service.progress import JobProgress
 from prime_ray.service.settings import GatewaySettings
 from prime_ray.service.states import JobState
-from prime_ray.service.store import JobStore
+from prime_ray.service.store import JobStore, LeaseLost
 
 log = logging.getLogger("prime_ray.gateway")
 
@@ -48,25 +55,42 @@ def events_path(settings: GatewaySettings, job_id: str) -> Path:
     return job_dir(settings, job_id) / EVENTS_FILE
 
 
+def gateway_id() -> str:
+    """This gateway's name as a lease holder: host, process, and a random part (a PID can be reused)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 class Follower:
-    def __init__(self, store: JobStore, ray: RayJobs, settings: GatewaySettings):
+    def __init__(self, store: JobStore, ray: RayJobs, settings: GatewaySettings, owner: str | None = None):
         self.store = store
         self.ray = ray
         self.settings = settings
+        self.owner = owner or gateway_id()
         self.ray_error: str | None = None  # the last reason Ray could not be reached, None when it could
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._looked_at: dict[str, float] = {}  # job id -> when this follower last stepped it (monotonic)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        while True:
-            await asyncio.to_thread(self.tick)
+        try:
+            while True:
+                await asyncio.to_thread(self.tick)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            # A gateway that stops cleanly hands its jobs over at once (a rolling restart does not wait
+            # for the leases to expire).
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
+                released = self.store.release(self.owner)
+                if released:
+                    log.info("released %d job lease(s)", released)
+            except Exception as e:  # noqa: BLE001 - the leases then expire instead
+                log.warning("could not release job leases: %s", e)
 
     def wake(self) -> None:
         """Ask for a tick now (from any thread): a job was created or a cancel requested."""
@@ -74,7 +98,25 @@ class Follower:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def tick(self) -> None:
-        for job in self.store.active():
+        deadline = time.monotonic() + self.settings.lease_s / 2
+        try:
+            jobs = self.store.claim(self.owner, self.settings.lease_s)
+        except DatabaseUnavailable as e:
+            log.warning("the database is unavailable, jobs wait: %s", e)
+            return
+        except Exception:  # noqa: BLE001 - the follower must outlive any one failed tick
+            log.exception("claiming jobs failed")
+            return
+        # Least recently looked-at first, and no later than half a lease after the claim: a slow tick
+        # stops while its leases are surely still its own; the rest is next tick's (claimed afresh).
+        # One job is always looked at, so that every job gets its turn however slow the database is.
+        self._looked_at = {job.id: self._looked_at.get(job.id, 0.0) for job in jobs}
+        jobs.sort(key=lambda job: self._looked_at[job.id])
+        for n, job in enumerate(jobs):
+            if n and time.monotonic() > deadline:
+                self.wake()
+                return
+            self._looked_at[job.id] = time.monotonic()
             try:
                 self.step(job)
                 self.ray_error = None
@@ -83,17 +125,25 @@ class Follower:
                     log.warning("Ray is unavailable, jobs wait: %s", e)
                 self.ray_error = str(e)
                 return  # every other job would fail the same way; try again next tick
+            except LeaseLost as e:
+                log.info("%s: leaving it to that gateway", e)
+            except DatabaseUnavailable as e:
+                log.warning("the database is unavailable, jobs wait: %s", e)
+                return
             except Exception:  # noqa: BLE001 - one broken job must not stop the others being followed
                 log.exception("following job %s failed", job.id)
+
+    def _update(self, job: JobRow, **fields: object) -> None:
+        self.store.update(job.id, holder=self.owner, **fields)  # type: ignore[arg-type]
 
     def step(self, job: JobRow) -> None:
         info = self.ray.info(job.submission_id)
         if info is None:
             if job.submitted:
-                self.store.update(job.id, state=JobState.failed,
-                                  error=f"the Ray cluster no longer knows submission {job.submission_id} (restarted?)")
+                self._update(job, state=JobState.failed,
+                             error=f"the Ray cluster no longer knows submission {job.submission_id} (restarted?)")
             elif job.cancel_requested:
-                self.store.update(job.id, state=JobState.cancelled)
+                self._update(job, state=JobState.cancelled)
             else:
                 self._submit(job)
             return
@@ -114,10 +164,12 @@ class Follower:
             self.ray.submit(job.submission_id, entrypoint, {"prime_ray_job": job.id})
         except RayRefused as e:
             if self.ray.info(job.submission_id) is None:  # refused, and not because it exists already
-                self.store.update(job.id, state=JobState.failed, error=f"Ray refused the submission: {e}")
+                self._update(job, state=JobState.failed, error=f"Ray refused the submission: {e}")
                 return
-        self.store.update(job.id, submitted=True)
-        log.info("submitted job %s as %s", job.id, job.submission_id)
+            log.info("job %s was already submitted as %s: following it", job.id, job.submission_id)
+        else:
+            log.info("submitted job %s as %s", job.id, job.submission_id)
+        self._update(job, submitted=True)
 
     def _follow(self, job: JobRow, info: RayJobInfo) -> None:
         # Status first, events second: once Ray says the job ended, its events file is complete.
@@ -138,5 +190,5 @@ class Follower:
         if state.value == job.state and not changed:
             return
         if state.terminal and job.state == JobState.queued.value and state is not JobState.cancelled:
-            self.store.update(job.id, state=JobState.running)  # it ran between two ticks
-        self.store.update(job.id, state=state, **changed)
+            self._update(job, state=JobState.running)  # it ran between two ticks
+        self._update(job, state=state, **changed)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from prime_ray.service.db import ApiKeyRow, utcnow
+from prime_ray.service.db import ApiKeyRow, retry_transient, retry_window, utcnow
 
 PREFIX = "prk"
 
@@ -47,8 +47,14 @@ def verify_key(sessions: sessionmaker, presented: str) -> ApiKey | None:
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         return None
     _, key_id, secret = parts
-    with sessions() as session:
-        row = session.get(ApiKeyRow, key_id)
+    if "\x00" in key_id:  # Postgres refuses NUL in a string; no key id has one
+        return None
+
+    def read() -> ApiKeyRow | None:
+        with sessions() as session:
+            return session.get(ApiKeyRow, key_id)
+
+    row = retry_transient(read, retry_window(sessions))  # every request reads it: ride out a lost connection
     if row is None or row.revoked_at is not None:
         return None
     if not hmac.compare_digest(row.digest, _digest(row.salt, secret)):

@@ -5,6 +5,8 @@
 | PRIME_RAY_HOST               | address the gateway listens on                     | 127.0.0.1                     |
 | PRIME_RAY_PORT               | port the gateway listens on                        | 8000                          |
 | PRIME_RAY_DB_URL             | SQLAlchemy URL of the job database                 | sqlite:///<cache>/gateway.db  |
+| PRIME_RAY_DB_RETRY_S         | how long a database operation is retried           | 30                            |
+| PRIME_RAY_LEASE_S            | how long a gateway holds a job without renewing it | 30                            |
 | PRIME_RAY_RAY_ADDRESS        | Ray dashboard / Jobs API address                   | http://127.0.0.1:8265         |
 | PRIME_RAY_RAY_TOKEN_FILE     | Ray's auth token (sent as a bearer token)          | ~/.ray/auth_token if present  |
 | PRIME_RAY_ARTIFACT_ROOT      | where jobs write artifacts (path or URI)           | <cache>/jobs                  |
@@ -13,6 +15,9 @@
 | PRIME_RAY_SESSION_SECRET     | signs the web console's session cookies            | random per process            |
 | PRIME_RAY_JOB_PYTHON         | Python that runs a job on the Ray head             | the gateway's own Python      |
 | PRIME_RAY_URL / PRIME_RAY_API_KEY | the SDK and CLI client's gateway and key      | http://127.0.0.1:8000 / none  |
+
+Several gateways may share one Postgres database (each follows the jobs it holds a lease on); on
+SQLite, run one gateway per database file.
 
 The artifact root must be a directory the gateway can read (a local path, or a shared mount that the
 Ray head writes to): the gateway serves events and artifacts from it.
@@ -25,7 +30,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prime_ray.paths import cache_dir
@@ -39,7 +44,13 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    db_url: str = Field(default_factory=lambda: f"sqlite:///{cache_dir() / 'gateway.db'}")
+    db_url: str = Field(default_factory=lambda: f"sqlite:///{cache_dir() / 'gateway.db'}",
+                        description="SQLAlchemy URL of the job database: a SQLite file, or "
+                                    "postgresql+psycopg://USER:PASSWORD@HOST:5432/DB for several gateways.")
+    db_retry_s: float = Field(30.0, ge=0, description="Seconds an idempotent database operation is retried "
+                                                      "(exponential backoff) while the database is unreachable.")
+    lease_s: float = Field(30.0, gt=0, description="Seconds a gateway's claim on a job lasts without renewal (it "
+                                                   "renews every poll): a dead gateway's jobs are taken over after it.")
     ray_address: str = "http://127.0.0.1:8265"
     ray_token_file: str | None = None
     artifact_root: str = Field(default_factory=lambda: str(cache_dir("jobs")))
@@ -51,6 +62,13 @@ class GatewaySettings(BaseSettings):
                     "same value; the default (random per process) logs console users out on a restart.",
     )
     job_python: str = Field(default_factory=lambda: sys.executable, description="Python of a job's entrypoint.")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_polls(self) -> "GatewaySettings":
+        if self.lease_s < 2 * self.poll_interval_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must be at least twice poll_interval_s "
+                             f"({self.poll_interval_s}): leases are renewed once per poll")
+        return self
 
     @field_validator("artifact_root")
     @classmethod

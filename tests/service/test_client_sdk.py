@@ -26,9 +26,9 @@ SPEC = {"name": "sdk", "model": {"name_or_path": "tiny-test"}, "stages": ["inges
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, module_db_url):
     root = tmp_path_factory.mktemp("sdk")
-    settings = GatewaySettings(db_url=f"sqlite:///{root / 'gateway.db'}", artifact_root=str(root / "artifacts"),
+    settings = GatewaySettings(db_url=module_db_url, artifact_root=str(root / "artifacts"),
                                ray_address=f"http://127.0.0.1:{free_port()}")
     app = create_app(settings)
     _, admin = create_key(app.state.store.sessions, "admin")
@@ -184,8 +184,7 @@ def test_cli_verbs(gateway, tmp_path, monkeypatch):
     assert missing.exit_code == 1 and "404" in missing.stderr
 
 
-def test_keys_commands(tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'keys.db'}"
+def test_keys_commands(db_url):
     runner = CliRunner()
     created = runner.invoke(cli, ["keys", "create", "--read-only", "--name", "ci", "--db-url", db_url])
     assert created.exit_code == 0, created.output

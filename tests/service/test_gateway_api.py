@@ -50,10 +50,10 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, module_db_url):
     root = tmp_path_factory.mktemp("gateway")
     settings = GatewaySettings(
-        db_url=f"sqlite:///{root / 'gateway.db'}", artifact_root=str(root / "artifacts"),
+        db_url=module_db_url, artifact_root=str(root / "artifacts"),
         ray_address=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         max_body_bytes=64 * 1024, poll_interval_s=0.2,
     )

@@ -1,5 +1,6 @@
 """The gateway with a real Ray: `prime-ray up` (a local Ray head with the Jobs API, and the gateway in the
-background), jobs submitted through the SDK, and `prime-ray down` at the end.
+background), jobs submitted through the SDK, and `prime-ray down` at the end; once on SQLite and once
+on PostgreSQL (`module_db_url`).
 
 A job that must still be running at a given moment reads its data from a named pipe: its ingest stage
 waits on the pipe until the test writes the data (or cancels the job), so no timing is guessed.
@@ -78,10 +79,12 @@ def _run_cli(args: list[str], env: dict, timeout: float) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(module_db_url):
     home = Path(tempfile.mkdtemp(prefix="prg-", dir="/tmp"))  # short: Ray's socket paths live under it
-    env = {**os.environ, "PRIME_RAY_CACHE_DIR": str(home), "PRIME_RAY_POLL_INTERVAL_S": "0.3"}
-    for name in ("PRIME_RAY_DB_URL", "PRIME_RAY_ARTIFACT_ROOT", "PRIME_RAY_PORT", "RAY_ADDRESS"):
+    # A short lease: the restarted gateway (a new holder) takes the killed one's job over soon.
+    env = {**os.environ, "PRIME_RAY_CACHE_DIR": str(home), "PRIME_RAY_POLL_INTERVAL_S": "0.3",
+           "PRIME_RAY_LEASE_S": "3", "PRIME_RAY_DB_URL": module_db_url}
+    for name in ("PRIME_RAY_ARTIFACT_ROOT", "PRIME_RAY_PORT", "RAY_ADDRESS"):
         env.pop(name, None)
     started = _run_cli(["up", "--port", "0"], env, timeout=300)
     stack = None

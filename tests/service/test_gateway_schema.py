@@ -22,9 +22,9 @@ CHECKS = [checks.not_a_server_error, checks.response_schema_conformance, checks.
 
 
 @pytest.fixture(scope="module")
-def auth(tmp_path_factory):
+def auth(tmp_path_factory, module_db_url):
     root = tmp_path_factory.mktemp("schema")
-    app = create_app(GatewaySettings(db_url=f"sqlite:///{root / 'gateway.db'}", artifact_root=str(root / "artifacts"),
+    app = create_app(GatewaySettings(db_url=module_db_url, artifact_root=str(root / "artifacts"),
                                      ray_address=f"http://127.0.0.1:{free_port()}"))
     _, key = create_key(app.state.store.sessions, "schemathesis")
     return app, {"Authorization": f"Bearer {key}"}

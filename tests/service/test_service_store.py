@@ -1,20 +1,33 @@
-"""The gateway's database layer: migrations, the job state machine, jobs, API keys, progress folding."""
+"""The gateway's database layer: migrations, the job state machine, jobs, API keys, leases, progress
+folding; on SQLite and on PostgreSQL (the `db_url` fixture)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import threading
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text, update
 
 from prime_ray.pipeline.events import EventLog, read_events
-from prime_ray.service.db import ApiKeyRow, Base, make_engine, migrate, open_database
+from prime_ray.service.db import ApiKeyRow, Base, JobRow, make_engine, migrate, open_database, utcnow
 from prime_ray.service.keys import create_key, has_live_key, list_keys, revoke_key, verify_key
 from prime_ray.service.progress import JobProgress
 from prime_ray.service.states import IllegalTransition, JobState, check_transition
-from prime_ray.service.store import BadCursor, IdempotencyConflict, JobStore, decode_cursor, submission_id
+from prime_ray.service.store import (
+    MAX_SEQ,
+    BadCursor,
+    IdempotencyConflict,
+    JobNotFound,
+    JobStore,
+    LeaseLost,
+    decode_cursor,
+    encode_cursor,
+    submission_id,
+)
 from prime_ray.spec import parse_spec
 
 ALLOWED = {
@@ -29,8 +42,10 @@ def _spec(name="job", **extra):
 
 
 @pytest.fixture
-def sessions(tmp_path):
-    return open_database(f"sqlite:///{tmp_path / 'jobs.db'}")
+def sessions(db_url):
+    sessions = open_database(db_url)
+    yield sessions
+    sessions.kw["bind"].dispose()
 
 
 @pytest.fixture
@@ -38,13 +53,14 @@ def store(sessions, tmp_path):
     return JobStore(sessions, str(tmp_path / "artifacts"))
 
 
-def test_migrations_create_exactly_the_models_and_run_twice(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+def test_migrations_create_exactly_the_models_and_run_twice(db_url):
+    engine = make_engine(db_url)
     migrate(engine)
     migrate(engine)  # already at head: nothing to do, no error
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         assert {"jobs", "api_keys", "alembic_version"} <= set(inspect(connection).get_table_names())
+    engine.dispose()
 
 
 @pytest.mark.parametrize("current,wanted", list(itertools.product([s.value for s in JobState], repeat=2)))
@@ -141,3 +157,118 @@ def test_events_fold_into_stage_progress_and_metrics(tmp_path):
     assert progress.progress["memory"]["done"] == 10 and progress.progress["memory"]["state"] == "finished"
     assert progress.progress["traces"]["state"] == "failed"
     assert progress.error == "stage 'traces' failed: RuntimeError: replica died"
+
+
+def test_non_finite_metrics_are_stored_as_null(store):
+    job, _ = store.create(_spec(), "k")
+    store.update(job.id, metrics={"train": {"loss": float("nan"), "grad_norm": float("inf"), "steps": [1, float("-inf")]}})
+    assert store.get(job.id).metrics == {"train": {"loss": None, "grad_norm": None, "steps": [1, None]}}
+
+
+def test_ids_and_cursors_no_row_can_have_are_not_found_not_errors(store):
+    store.create(_spec(), "k")
+    for job_id in ("job-\x00", "x" * 5000, "job-é"):
+        with pytest.raises(JobNotFound):
+            store.get(job_id)
+    with pytest.raises(BadCursor):  # beyond the 32-bit sequence: Postgres would refuse to compare it
+        store.page(cursor=encode_cursor(2**40))
+    assert [j.name for j in store.page(cursor=encode_cursor(MAX_SEQ))[0]] == ["job"]
+    assert verify_key(store.sessions, "prk_\x00_x") is None
+
+
+def test_a_job_is_claimed_by_one_gateway_until_its_lease_expires(store):
+    first, _ = store.create(_spec("a"), "k")
+    second, _ = store.create(_spec("b"), "k")
+    assert [j.id for j in store.claim("gw-1", lease_s=60)] == [first.id, second.id]
+    assert store.claim("gw-2", lease_s=60) == []  # held, and not expired
+    assert [j.id for j in store.claim("gw-1", lease_s=60)] == [first.id, second.id]  # renewed by its holder
+
+    with pytest.raises(LeaseLost):
+        store.update(first.id, holder="gw-2", state=JobState.running)
+    store.update(first.id, holder="gw-1", state=JobState.running)
+
+    _expire_leases(store)
+    taken = store.claim("gw-2", lease_s=60)
+    assert [j.id for j in taken] == [first.id, second.id] and {j.lease_owner for j in taken} == {"gw-2"}
+    with pytest.raises(LeaseLost):  # the old holder's late write is refused
+        store.update(first.id, holder="gw-1", stage="ingest")
+    assert store.get(first.id).stage is None
+
+    store.update(first.id, holder="gw-2", state=JobState.succeeded)
+    ended = store.get(first.id)
+    assert ended.lease_owner is None and ended.lease_expires_at is None  # an ended job holds nobody
+    assert [j.id for j in store.claim("gw-2", lease_s=60)] == [second.id]  # ended jobs are never claimed
+    assert store.release("gw-2") == 1
+    assert [j.id for j in store.claim("gw-3", lease_s=60)] == [second.id]  # released: no need to wait
+
+
+def test_claims_at_the_same_moment_never_share_a_job(store):
+    ids = {store.create(_spec(f"j{i}"), "k")[0].id for i in range(30)}
+    barrier = threading.Barrier(4)
+    claimed: dict[str, list[str]] = {}
+
+    def claim(owner):
+        barrier.wait()
+        claimed[owner] = [j.id for j in store.claim(owner, lease_s=60, limit=10)]
+
+    threads = [threading.Thread(target=claim, args=(f"gw-{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [job_id for owned in claimed.values() for job_id in owned]
+    assert len(every) == len(set(every)) and set(every) <= ids  # nobody got a job another one holds
+    with store.sessions() as session:
+        owners = dict(session.execute(select(JobRow.id, JobRow.lease_owner)).all())
+    assert all(owners[job_id] == owner for owner, owned in claimed.items() for job_id in owned)
+
+
+def test_gateways_starting_together_migrate_once(db_url):
+    engines = [make_engine(db_url) for _ in range(3)]
+    errors = []
+
+    def start(engine):
+        try:
+            migrate(engine)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with engines[0].connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    for engine in engines:
+        engine.dispose()
+    assert errors == []  # one migrates, the others wait for it, then find the schema at head
+
+
+def _expire_leases(store):
+    with store.sessions.begin() as session:
+        session.execute(update(JobRow).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+
+
+def test_a_database_of_the_first_schema_is_brought_forward_with_its_jobs(db_url, tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from prime_ray.service.db import MIGRATIONS
+
+    engine = make_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text(
+            "INSERT INTO jobs (id, name, state, spec, progress, metrics, submission_id, submitted, cancel_requested, "
+            "events_offset, created_at, updated_at) VALUES ('job-old', 'old', 'running', '{}', '{}', '{}', "
+            "'prime-ray-job-old', :yes, :no, 7, :now, :now)"), {"yes": True, "no": False, "now": utcnow()})
+    engine.dispose()
+    store = JobStore(open_database(db_url), str(tmp_path))
+    old = store.get("job-old")
+    assert old.state == "running" and old.events_offset == 7 and old.lease_owner is None
+    assert [j.id for j in store.claim("gw", lease_s=60)] == ["job-old"]
+    store.sessions.kw["bind"].dispose()

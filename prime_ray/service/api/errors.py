@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prime_ray.service.db import DatabaseUnavailable
 from prime_ray.service.models import ErrorOut
 from prime_ray.spec import SpecProblem
 from prime_ray.service.validation import ApiError, printable  # noqa: F401 - ApiError is raised by the routes
@@ -24,7 +25,7 @@ MEANING = {
     413: "The request body is larger than the gateway accepts.",
     415: "The body is neither JSON nor YAML.",
     422: "Invalid input: every problem, by its path.",
-    503: "The Ray Jobs API cannot be reached.",
+    503: "The Ray Jobs API or the job database cannot be reached (retry after `Retry-After` seconds).",
 }
 
 
@@ -56,6 +57,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return answer(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return answer(503, str(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

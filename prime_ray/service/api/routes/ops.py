@@ -8,13 +8,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import text
 
 from prime_ray.distributed.jobs import RayRefused, RayUnavailable
 from prime_ray.service.api.deps import RayDep, SessionsDep, require_key
 from prime_ray.service.api.errors import errors
 from prime_ray.service.models import HealthOut, ReadyOut
 from prime_ray.service.store import JobStore
+from prime_ray.service.db import check_database
 
 router = APIRouter(tags=["service"])
 
@@ -29,12 +29,7 @@ def healthz() -> HealthOut:
             dependencies=[Depends(require_key)],
             responses={503: {"model": ReadyOut, "description": "Not ready: see which part."}, **errors(401)})
 def readyz(sessions: SessionsDep, ray: RayDep) -> JSONResponse:
-    database = ray_state = "ok"
-    try:
-        with sessions() as session:
-            session.execute(text("SELECT 1"))
-    except Exception as e:  # noqa: BLE001 - any failure means not ready; say which
-        database = f"{type(e).__name__}: {e}"
+    database, ray_state = check_database(sessions), "ok"
     try:
         ray.ping()
     except (RayUnavailable, RayRefused) as e:
