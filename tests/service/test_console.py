@@ -31,9 +31,9 @@ data:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, module_db_url):
     root = tmp_path_factory.mktemp("console")
-    settings = GatewaySettings(db_url=f"sqlite:///{root / 'gateway.db'}", artifact_root=str(root / "artifacts"),
+    settings = GatewaySettings(db_url=module_db_url, artifact_root=str(root / "artifacts"),
                                ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=0.2)
     app = create_app(settings)
     sessions = app.state.store.sessions

@@ -25,9 +25,9 @@ OPERATIONS = {"createJob", "listJobs", "getJob", "cancelJob", "listArtifacts", "
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, module_db_url):
     root = tmp_path_factory.mktemp("generated")
-    settings = GatewaySettings(db_url=f"sqlite:///{root / 'gateway.db'}", artifact_root=str(root / "artifacts"),
+    settings = GatewaySettings(db_url=module_db_url, artifact_root=str(root / "artifacts"),
                                ray_address=f"http://127.0.0.1:{free_port()}")
     app = create_app(settings)
     _, key = create_key(app.state.store.sessions, "generated")
