@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from prime_ray.cli import data, jobs, run, service, spec
+from prime_ray.cli import data, jobs, run, service, spec, students
 
 app = typer.Typer(
     name="prime-ray",
@@ -13,7 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (run, spec, data, jobs, service):
+for module in (run, spec, data, jobs, service, students):
     module.register(app)
 
 

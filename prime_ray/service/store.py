@@ -137,6 +137,11 @@ class JobStore:
                 select(JobRow).where(JobRow.state.in_([s.value for s in ACTIVE])).order_by(JobRow.seq)
             ))
 
+    def deployed(self) -> list[JobRow]:
+        """Jobs with a deployment record (deploying, ready, failed or stopping), oldest first."""
+        with self.sessions() as session:
+            return list(session.scalars(select(JobRow).where(JobRow.deployment.is_not(None)).order_by(JobRow.seq)))
+
     def counts_by_state(self) -> dict[str, int]:
         with self.sessions() as session:
             rows = session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).all()

@@ -44,7 +44,7 @@ from prime_ray.serving.schemas import (
     StudentInfo,
 )
 from prime_ray.spec import JobSpec, PromptMode, SpecProblem, load_spec
-from prime_ray.training.artifacts import STUDENTS, adapter_dir
+from prime_ray.training.artifacts import trained_adapters
 
 DEFAULT_MODE = {"prime": PromptMode.personal_think, "fast": PromptMode.direct, GENERALIST: PromptMode.personal_think}
 
@@ -79,8 +79,7 @@ class Prepared:
 
 def job_adapters(job_dir: Path) -> dict[str, Path]:
     """The students a job trained: name -> adapter folder (PEFT format), in STUDENTS order."""
-    train = Path(job_dir) / "train"
-    return {s: adapter_dir(train, s) for s in STUDENTS if (adapter_dir(train, s) / "adapter_config.json").is_file()}
+    return trained_adapters(Path(job_dir) / "train")
 
 
 def attach_adapters(model: Any, adapters: dict[str, Path]) -> Any:

@@ -24,6 +24,7 @@ MEANING = {
     415: "The body is neither JSON nor YAML.",
     422: "Invalid input: every problem, by its path.",
     503: "The Ray Jobs API cannot be reached.",
+    504: "The served student did not answer in time.",
 }
 
 
