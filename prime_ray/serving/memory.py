@@ -33,10 +33,11 @@ SERVING_DIR = "serving"
 class UnknownUser(LookupError):
     """The user has no memory in this job (and no inline history was given)."""
 
-    def __init__(self, user_id: str, job_id: str):
+    def __init__(self, user_id: str, job_id: str, known: list[str]):
         self.user_id, self.job_id = user_id, job_id
-        super().__init__(f"job {job_id} has no user {user_id!r}: give their `history` inline for a user not seen "
-                         "in training")
+        listed = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
+        super().__init__(f"job {job_id} has no user {user_id!r} (its users: {listed}); give the `history` "
+                         "inline for a user not seen in training")
 
 
 class DuplicateItem(ValueError):
@@ -105,7 +106,7 @@ class ServingMemory:
     def state(self, user_id: str) -> _UserMemory:
         """The user's memory as of now (re-indexed when their appended items changed)."""
         if user_id not in self.users:
-            raise UnknownUser(user_id, self.job_id)
+            raise UnknownUser(user_id, self.job_id, list(self.users))
         path = _memory_file(self.root, user_id)
         cached = self._states.get(user_id)
         if cached is not None and cached.stamp == _stamp(path):

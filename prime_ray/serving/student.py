@@ -218,7 +218,7 @@ class ServedStudent:
     def append_history(self, user_id: str, append: HistoryAppend) -> HistoryAppended:
         """Add items to a known user's memory; with `refresh_profile`, the base model rewrites the profile."""
         if not self.memory.known(user_id):
-            raise NotFoundError(f"job {self.job_id} has no user {user_id!r}",
+            raise NotFoundError(str(UnknownUser(user_id, self.job_id, list(self.memory.users))),
                                 [SpecProblem(path="user_id", message="unknown user")])
         fresh = iter(self.memory.next_ids(user_id, sum(1 for item in append.items if item.id is None)))
         items = _items([item if item.id else item.model_copy(update={"id": next(fresh)}) for item in append.items],
