@@ -65,11 +65,16 @@ class Conflict(GatewayError):
 
 
 class SpecError(GatewayError, _spec.SpecError):
-    """422: the gateway refused the spec; `problems` lists each one at its path."""
+    """422: the gateway refused the spec (or another request); `problems` lists each one at its path."""
 
     def __init__(self, status: int, detail: str, problems: list[SpecProblem]):
         _spec.SpecError.__init__(self, problems, source="gateway")
         self.status, self.detail = status, detail
+        # The gateway's own words first (a spec's problem count, or e.g. the model's context limit).
+        self.args = (f"HTTP {status}: {detail}" + "".join(f"\n  {p}" for p in problems),)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class JobFailed(PrimeError):

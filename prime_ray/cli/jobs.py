@@ -27,7 +27,7 @@ def _client(url: str | None, api_key: str | None) -> Iterator["PrimeClient"]:  #
         with PrimeClient(url, api_key) as client:
             yield client
     except SpecError as e:
-        err.print(f"[red]the gateway refused the spec: {len(e.problems)} problem(s)[/red]")
+        err.print(f"[red]the gateway refused the request: {e.detail}[/red]", highlight=False)
         for problem in e.problems:
             err.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(2)

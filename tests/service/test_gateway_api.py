@@ -269,3 +269,32 @@ def test_every_operation_has_a_short_explicit_id_and_the_docs_page_needs_no_cdn(
     for asset in assets:
         response = gateway.http.get(asset)
         assert response.status_code == 200 and len(response.content) > 500, asset
+
+
+def test_student_routes_refuse_what_cannot_be_served_with_the_reason(gateway):
+    job = gateway.create()  # stays queued: no Ray behind this gateway
+    admin, reader = gateway.admin, gateway.reader
+    ask = {"user_id": "u1", "input": "Heat (1995)"}
+    for method, path, body in (("POST", f"/v1/jobs/{job['id']}/predict", ask),
+                               ("POST", f"/v1/jobs/{job['id']}/deployment", None),
+                               ("POST", f"/v1/jobs/{job['id']}/users/u1/history", {"items": [{"input": "x", "output": "1"}]})):
+        response = gateway.http.request(method, path, json=body, headers=admin)
+        assert response.status_code == 409, path
+        assert response.json()["detail"] == f"job {job['id']} is queued: only a succeeded job's student can be served"
+    assert gateway.http.post(f"/v1/jobs/{job['id']}/deployment", headers=reader).status_code == 403
+    missing = gateway.http.post("/v1/jobs/job-nope/predict", json=ask, headers=admin)
+    assert missing.status_code == 404 and missing.json()["detail"] == "no job 'job-nope'"
+    none = gateway.http.get(f"/v1/jobs/{job['id']}/deployment", headers=admin)
+    assert none.status_code == 404 and "has no deployment" in none.json()["detail"]
+    assert gateway.http.delete(f"/v1/jobs/{job['id']}/deployment", headers=admin).status_code == 404
+    assert gateway.http.get(f"/v1/jobs/{job['id']}", headers=admin).json()["deployment"] is None
+
+    chat = {"model": f"{job['id']}/prime", "user": "u1", "messages": [{"role": "user", "content": "Heat (1995)"}]}
+    assert gateway.http.post("/v1/chat/completions", json=chat, headers=admin).status_code == 409
+    unknown = gateway.http.post("/v1/chat/completions", json={**chat, "model": "job-nope/prime"}, headers=admin)
+    assert unknown.status_code == 404 and "no job 'job-nope'" in unknown.json()["detail"]
+    no_user = gateway.http.post("/v1/chat/completions", json={**chat, "user": None}, headers=admin)
+    assert no_user.status_code == 422 and no_user.json()["problems"][0]["path"] == "body.user"
+    stream = gateway.http.post("/v1/chat/completions", json={**chat, "stream": True}, headers=admin)
+    assert stream.status_code == 422 and stream.json()["problems"][0]["path"] == "body.stream"
+    assert gateway.http.get("/v1/models", headers=reader).json() == {"object": "list", "data": []}

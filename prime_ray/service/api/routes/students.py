@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from prime_ray.distributed.jobs import RayRefused, RayUnavailable
-from prime_ray.service.api.deps import DeploymentsDep, JobDep, KeyDep, SucceededJobDep, WriterDep
+from prime_ray.service.api.deps import DeploymentsDep, JobDep, SucceededJobDep, WriterDep
 from prime_ray.service.api.errors import ApiError, errors
 from prime_ray.service.db import JobRow
 from prime_ray.service.deployments import DeploymentError, StudentDeployments
@@ -39,7 +39,7 @@ def _ray_errors(call, *args: Any) -> Any:
              summary="Deploy the job's student",
              responses={200: {"model": DeploymentOut, "description": "It is already deploying or ready."},
                         **errors(403, 404, 409, 503, **_NOT_SERVED)})
-def deploy_job(job: SucceededJobDep, key: WriterDep, deployments: DeploymentsDep, response: Response) -> DeploymentOut:
+def deploy_job(key: WriterDep, job: SucceededJobDep, deployments: DeploymentsDep, response: Response) -> DeploymentOut:
     """Starts the student app (one base model with the job's adapters, and the users' memory) on the
     gateway's Ray cluster: `deploying`, then `ready` (or `failed`, with the reason). Poll `GET` for it."""
     record, started = _ray_errors(deployments.deploy, job)
@@ -59,7 +59,7 @@ def get_deployment(job: JobDep, deployments: DeploymentsDep) -> DeploymentOut:
 @router.delete("/jobs/{job_id}/deployment", status_code=202, response_model=DeploymentOut,
                operation_id="undeployJob", summary="Remove the job's served student",
                responses=errors(403, 404, 503))
-def undeploy_job(job: JobDep, key: WriterDep, deployments: DeploymentsDep) -> DeploymentOut:
+def undeploy_job(key: WriterDep, job: JobDep, deployments: DeploymentsDep) -> DeploymentOut:
     """The record goes `stopping`, and away once Ray has deleted the app."""
     record = _ray_errors(deployments.undeploy, job)
     if record is None:
@@ -71,7 +71,7 @@ def undeploy_job(job: JobDep, key: WriterDep, deployments: DeploymentsDep) -> De
              summary="Ask the job's student about a user",
              responses=errors(404, 409, 422, 503, **_NOT_SERVED,
                               e422="Invalid request, or an input longer than the model's context (the limit is given)."))
-async def predict(job: SucceededJobDep, body: PredictRequest, key: KeyDep, deployments: DeploymentsDep) -> Prediction:
+async def predict(job: SucceededJobDep, body: PredictRequest, deployments: DeploymentsDep) -> Prediction:
     """The PRIME student's personal-think answer by default (`adapter`: prime, fast, generalist;
     `mode`: personal-think, direct, think): the trace, the parsed answer, the profile and episodes it
     was given, token counts. A user not seen in training brings their `history` inline."""
@@ -80,7 +80,7 @@ async def predict(job: SucceededJobDep, body: PredictRequest, key: KeyDep, deplo
 
 @router.post("/jobs/{job_id}/users/{user_id}/history", response_model=HistoryAppended, operation_id="appendHistory",
              summary="Add items to a user's memory", responses=errors(403, 404, 409, 422, 503, **_NOT_SERVED))
-async def append_history(job: SucceededJobDep, user_id: str, body: HistoryAppend, key: WriterDep,
+async def append_history(key: WriterDep, job: SucceededJobDep, user_id: str, body: HistoryAppend,
                          deployments: DeploymentsDep) -> HistoryAppended:
     """The items join the user's episodic index at once (and the profile is rewritten with
     `refresh_profile`); they are kept under the job's artifacts (`serving/memory/`), so a redeployed
