@@ -293,6 +293,9 @@ def test_student_routes_refuse_what_cannot_be_served_with_the_reason(gateway):
     assert gateway.http.post("/v1/chat/completions", json=chat, headers=admin).status_code == 409
     unknown = gateway.http.post("/v1/chat/completions", json={**chat, "model": "job-nope/prime"}, headers=admin)
     assert unknown.status_code == 404 and "no job 'job-nope'" in unknown.json()["detail"]
+    # OpenAI clients read `error.message`: the same words.
+    assert unknown.json()["error"] == {"message": unknown.json()["detail"], "type": "invalid_request_error",
+                                       "param": None, "code": 404}
     no_user = gateway.http.post("/v1/chat/completions", json={**chat, "user": None}, headers=admin)
     assert no_user.status_code == 422 and no_user.json()["problems"][0]["path"] == "body.user"
     stream = gateway.http.post("/v1/chat/completions", json={**chat, "stream": True}, headers=admin)

@@ -44,11 +44,18 @@ def errors(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut, "description": meanings.get(f"e{code}", MEANING[code])} for code in codes}
 
 
+def validation_problems(exc: RequestValidationError) -> list[SpecProblem]:
+    return [SpecProblem(path=".".join(str(p) for p in err["loc"]), message=err["msg"]) for err in exc.errors()]
+
+
+def answer(status: int, detail: str, problems: list[SpecProblem] | None = None,
+           headers: dict[str, str] | None = None, **extra: object) -> JSONResponse:
+    """The JSON error answer: an ErrorOut (plus `extra` keys some clients look for)."""
+    body = ErrorOut(detail=detail, problems=problems or [])
+    return JSONResponse({**body.model_dump(), **extra}, status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    def answer(status: int, detail: str, problems: list[SpecProblem] | None = None,
-               headers: dict[str, str] | None = None) -> JSONResponse:
-        body = ErrorOut(detail=detail, problems=problems or [])
-        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -56,8 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [SpecProblem(path=".".join(str(p) for p in err["loc"]), message=err["msg"]) for err in exc.errors()]
-        return answer(422, "invalid request", problems)
+        return answer(422, "invalid request", validation_problems(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -12,11 +12,15 @@ from __future__ import annotations
 import time
 import uuid
 
-from fastapi import APIRouter
+from typing import Any, Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from prime_ray.service.api.deps import DeploymentsDep, StoreDep
-from prime_ray.service.api.errors import ApiError, errors
+from prime_ray.service.api.errors import ApiError, answer, errors, validation_problems
 from prime_ray.service.api.routes.students import forward
 from prime_ray.service.store import JobNotFound
 from prime_ray.serving.schemas import (
@@ -32,7 +36,34 @@ from prime_ray.serving.schemas import (
 )
 from prime_ray.spec import SpecProblem
 
-router = APIRouter(tags=["openai"])
+
+
+class OpenAIErrors(APIRoute):
+    """Error answers that OpenAI clients can read: the gateway's ErrorOut plus OpenAI's `error` object
+    (`message`, `type`, `param`, `code`), so the client's exception says what went wrong."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as e:
+                return _openai_error(e.status, e.detail, e.problems, e.headers)
+            except RequestValidationError as e:
+                return _openai_error(422, "invalid request", validation_problems(e), None)
+
+        return route
+
+
+def _openai_error(status: int, detail: str, problems: list[SpecProblem], headers: dict[str, str] | None) -> Response:
+    kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
+    message = detail + "".join(f"; {p}" for p in problems if str(p) not in detail)
+    error = {"message": message, "type": kind, "param": problems[0].path if problems else None, "code": status}
+    return answer(status, detail, problems, headers, error=error)
+
+
+router = APIRouter(tags=["openai"], route_class=OpenAIErrors)
 
 
 def _problem(path: str, message: str) -> ApiError:
