@@ -6,7 +6,12 @@
     job.wait()                                  # a progress bar on a terminal; JobFailed if it fails
     job.download("out/", paths=["eval/report.json"])
 
-Light on purpose (httpx, pydantic, rich, tenacity; never ray or torch), so any machine can use it.
+    client.deploy(job.id)                       # serve its student (waits until ready)
+    answer = client.predict(job.id, "u17", "Toy Story (1995) | Animation, Comedy")
+    answer.answer, answer.trace, answer.episodes
+
+Light on purpose (httpx, pydantic, rich, tenacity; never ray or torch), so any machine can use it; the
+documents it reads are the gateway's own models (`prime_ray.service.models`, `prime_ray.serving.schemas`).
 Connection errors and 503 answers are retried with exponential backoff; every submission carries an
 Idempotency-Key, so a retried submission never creates a second job.
 """
@@ -25,10 +30,11 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from prime_ray import spec as _spec
 from prime_ray.service.models import EventOut
+from prime_ray.serving.schemas import DeploymentOut, HistoryAppend, HistoryAppended, HistoryItemIn, PredictRequest, Prediction
 from prime_ray.spec import JobSpec, SpecProblem
 
-__all__ = ["PrimeClient", "Job", "JobEvent", "PrimeError", "AuthError", "NotFound", "SpecError", "JobFailed",
-           "GatewayError"]
+__all__ = ["PrimeClient", "Job", "JobEvent", "PrimeError", "AuthError", "NotFound", "Conflict", "SpecError",
+           "JobFailed", "GatewayError", "Prediction", "HistoryAppended", "DeploymentOut"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -54,12 +60,21 @@ class NotFound(GatewayError):
     """404: no such job or artifact."""
 
 
+class Conflict(GatewayError):
+    """409: the job's state does not allow it (not succeeded yet, student not deployed)."""
+
+
 class SpecError(GatewayError, _spec.SpecError):
-    """422: the gateway refused the spec; `problems` lists each one at its path."""
+    """422: the gateway refused the spec (or another request); `problems` lists each one at its path."""
 
     def __init__(self, status: int, detail: str, problems: list[SpecProblem]):
         _spec.SpecError.__init__(self, problems, source="gateway")
         self.status, self.detail = status, detail
+        # The gateway's own words first (a spec's problem count, or e.g. the model's context limit).
+        self.args = (f"HTTP {status}: {detail}" + "".join(f"\n  {p}" for p in problems),)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class JobFailed(PrimeError):
@@ -124,6 +139,8 @@ class PrimeClient:
             raise AuthError(status, detail)
         if status == 404:
             raise NotFound(status, detail)
+        if status == 409:
+            raise Conflict(status, detail)
         if status == 422:
             raise SpecError(status, detail, [SpecProblem.model_validate(p) for p in problems])
         raise GatewayError(status, detail)
@@ -166,6 +183,62 @@ class PrimeClient:
             if not cursor:
                 break
         return jobs
+
+    # ------------------------------------------------------------------------ served students
+
+    def deploy(self, job_id: str, wait: bool = True, timeout: float = 600, poll_s: float = 1.0) -> DeploymentOut:
+        """Serve a succeeded job's student; with `wait`, until it is ready (GatewayError if it failed)."""
+        record = DeploymentOut.model_validate(self.request("POST", f"/v1/jobs/{job_id}/deployment").json())
+        deadline = time.monotonic() + timeout
+        while wait and record.state == "deploying":
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id}'s student still deploying after {timeout}s")
+            time.sleep(poll_s)
+            record = self.deployment(job_id)
+        if wait and record.state == "failed":
+            raise GatewayError(None, f"job {job_id}'s student failed to deploy: {record.error}")
+        return record
+
+    def deployment(self, job_id: str) -> DeploymentOut:
+        """The job's served student (NotFound when none is deployed)."""
+        return DeploymentOut.model_validate(self.request("GET", f"/v1/jobs/{job_id}/deployment").json())
+
+    def undeploy(self, job_id: str, wait: bool = True, timeout: float = 300, poll_s: float = 1.0) -> None:
+        """Remove the job's served student; with `wait`, until it is gone."""
+        self.request("DELETE", f"/v1/jobs/{job_id}/deployment")
+        deadline = time.monotonic() + timeout
+        while wait:
+            try:
+                record = self.deployment(job_id)
+            except NotFound:
+                return
+            if record.state == "failed":
+                raise GatewayError(None, f"removing job {job_id}'s student failed: {record.error}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id}'s student still {record.state} after {timeout}s")
+            time.sleep(poll_s)
+
+    def predict(self, job_id: str, user_id: str, input: str, *, adapter: str = "prime", mode: str | None = None,
+                history: list[dict | HistoryItemIn] | None = None, candidates: list[str] | None = None,
+                max_new_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None) -> Prediction:
+        """Ask the job's served student about `user_id` (a new user brings `history` inline).
+
+        Raises NotFound (job, user or adapter), Conflict (job not succeeded or student not deployed),
+        SpecError (bad request, or an input longer than the model's context: the limit is in the message).
+        """
+        body = PredictRequest(user_id=user_id, input=input, adapter=adapter, mode=mode, candidates=candidates,
+                              history=[HistoryItemIn.model_validate(h) for h in history] if history is not None else None,
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        response = self.request("POST", f"/v1/jobs/{job_id}/predict", json=body.model_dump(mode="json", exclude_none=True))
+        return Prediction.model_validate(response.json())
+
+    def append_history(self, job_id: str, user_id: str, items: list[dict | HistoryItemIn],
+                       refresh_profile: bool = False) -> HistoryAppended:
+        """Add items ({input, output[, id, timestamp]}) to a user's memory; the next prediction uses them."""
+        body = HistoryAppend(items=[HistoryItemIn.model_validate(i) for i in items], refresh_profile=refresh_profile)
+        response = self.request("POST", f"/v1/jobs/{job_id}/users/{quote(user_id, safe='')}/history",
+                                json=body.model_dump(mode="json", exclude_none=True))
+        return HistoryAppended.model_validate(response.json())
 
     def ready(self) -> dict[str, Any]:
         """The gateway's readiness: database and Ray (503 is an answer here, not an error)."""

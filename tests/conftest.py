@@ -39,3 +39,15 @@ def ray_local():
 @pytest.fixture
 def fixtures_dir() -> Path:
     return ROOT / "tests" / "fixtures"
+
+
+# ------------------------------------------------------------------------------ a served job
+
+
+@pytest.fixture(scope="module")  # appended history changes it: one per test module
+def served_job(tmp_path_factory) -> Path:
+    """A finished job's folder made in seconds without Ray (prime_ray.serving.synthetic): the e2e users,
+    their real memory, made-up profiles, two LoRA adapters with random non-zero weights."""
+    from prime_ray.serving.synthetic import make_job_dir
+
+    return make_job_dir(tmp_path_factory.mktemp("served-job"), ROOT / "tests" / "fixtures" / "e2e" / "users.jsonl")

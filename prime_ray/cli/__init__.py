@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prime_ray.cli import data, jobs, run, service, spec
+from prime_ray.cli import data, jobs, run, service, spec, students
 from prime_ray.cli.text import typer_app
 
 app = typer_app(
@@ -12,7 +12,7 @@ app = typer_app(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (run, spec, data, jobs, service):
+for module in (run, spec, data, jobs, service, students):
     module.register(app)
 
 

@@ -28,7 +28,7 @@ def _client(url: str | None, api_key: str | None) -> Iterator["PrimeClient"]:  #
         with PrimeClient(url, api_key) as client:
             yield client
     except SpecError as e:
-        say(err, plain(f"the gateway refused the spec: {len(e.problems)} problem(s)", "red"))
+        say(err, plain(f"the gateway refused the request: {e.detail}", "red"))
         for problem in e.problems:
             say(err, f"  {problem}")
         raise typer.Exit(2)

@@ -7,10 +7,14 @@
     GET  /v1/jobs/{id}/events          JSON page from `cursor`, or server-sent events (Accept: text/event-stream)
     GET  /v1/jobs/{id}/logs            the Ray job's logs
     GET  /v1/jobs/{id}/artifacts[/p]   list, download (confined to the job's folder)
+    POST|GET|DELETE /v1/jobs/{id}/deployment    serve a succeeded job's student on Ray Serve, or remove it
+    POST /v1/jobs/{id}/predict         ask the served student about a user
+    POST /v1/jobs/{id}/users/{u}/history        add items to a user's memory (no retraining)
+    POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (model `<job>/prime`, `user` = the user)
     GET  /healthz /readyz /metrics
 
-Every route but /healthz needs `Authorization: Bearer <API key>`; read-only keys cannot create or
-cancel. A job accepted here is in the database before the answer: if Ray is down it stays queued
+Every route but /healthz, /openapi.json and /docs (Swagger UI) needs `Authorization: Bearer <API key>`;
+read-only keys cannot create, cancel, deploy or append history. A job accepted here is in the database before the answer: if Ray is down it stays queued
 and is submitted when Ray is back (POST never fails because of Ray).
 
 The routes live in `service/api/routes/` (one router per resource), their dependencies in
@@ -25,17 +29,21 @@ import json
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
+from swagger_ui_bundle import swagger_ui_path
 
 from prime_ray import __version__
 from prime_ray.distributed.jobs import RayJobs
 from prime_ray.service.api.deps import require_key
 from prime_ray.service.api.errors import errors, install_error_handlers
-from prime_ray.service.api.routes import artifacts, jobs, ops
+from prime_ray.service.api.routes import artifacts, jobs, openai, ops, students
 from prime_ray.service.console import install_console
 from prime_ray.service.db import open_database
+from prime_ray.service.deployments import StudentDeployments
 from prime_ray.service.follower import Follower
 from prime_ray.service.limits import BodySizeLimit
 from prime_ray.service.settings import GatewaySettings
@@ -51,6 +59,7 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
     store = JobStore(sessions, settings.artifact_root)
     ray = ray or RayJobs(settings.ray_address, settings.ray_token())
     follower = Follower(store, ray, settings)
+    deployments = StudentDeployments(store, ray, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,23 +70,25 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await deployments.close()
 
     app = FastAPI(
         title="prime-ray gateway",
         version=__version__,
         description=(
             "Runs prime-ray jobs (personalized thinking by self-distillation) on a Ray cluster through the "
-            "Ray Jobs API. Every route but `/healthz` needs `Authorization: Bearer <API key>` "
+            "Ray Jobs API, and serves their trained students. Every route but `/healthz`, `/docs` and `/openapi.json` needs `Authorization: Bearer <API key>` "
             "(`prime-ray keys create`). A created job is stored before the answer; while Ray cannot be "
             "reached it stays `queued` and is submitted when Ray is back."
         ),
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,  # served below, behind the API key
+        openapi_url=None,  # served below, with Swagger UI from packaged assets
         separate_input_output_schemas=False,
     )
     app.state.settings, app.state.store, app.state.follower, app.state.ray = settings, store, follower, ray
+    app.state.deployments = deployments
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     install_console(app, settings.session_secret)
@@ -90,12 +101,26 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=errors(401))
     v1.include_router(jobs.router)
     v1.include_router(artifacts.router)
+    v1.include_router(students.router)
+    v1.include_router(openai.router)
     app.include_router(v1)
     app.include_router(ops.router)
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
+    # The API document and its browsable form need no key: the document holds no secrets. Swagger UI's
+    # assets ship in the swagger-ui-bundle package: no CDN, so /docs works on a machine without internet.
+    @app.get("/openapi.json", include_in_schema=False)
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title=f"{app.title} {app.version}",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js", swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
     app.openapi = lambda: _openapi_document(app)  # type: ignore[method-assign]
     return app

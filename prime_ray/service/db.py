@@ -90,6 +90,8 @@ class JobRow(Base):
     submitted: Mapped[bool] = mapped_column(Boolean, default=False)  # Ray has accepted the submission
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes of events.jsonl already applied
+    # The served student: {state, url, models, error, submission_id, attempt, updated_at}; null when none.
+    deployment: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import secrets
-import shlex
 import socket
 import time
 from pathlib import Path
@@ -156,10 +155,7 @@ class Follower:
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
         spec_path.write_text(json.dumps(job.spec, indent=2))
-        # The variables go on the command line (the entrypoint runs in a shell), not in a runtime_env.
-        env = " ".join(f"{key}={shlex.quote(value)}" for key, value in sorted(self.settings.job_env().items()))
-        command = f"{shlex.quote(self.settings.job_python)} -m prime_ray run {shlex.quote(str(spec_path))}"
-        entrypoint = f"{env} {command}" if env else command
+        entrypoint = self.settings.entrypoint("prime_ray", "run", str(spec_path))
         try:
             self.ray.submit(job.submission_id, entrypoint, {"prime_ray_job": job.id})
         except RayRefused as e:

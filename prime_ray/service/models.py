@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prime_ray.pipeline.events import Event
 from prime_ray.service.states import JobState
+from prime_ray.serving.schemas import DeploymentOut
 from prime_ray.spec import JobSpec, SpecProblem
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class JobSummary(BaseModel):
 
 
 class JobOut(JobSummary):
+    deployment: DeploymentOut | None = Field(None, description="The served student, when one was deployed.")
     progress: dict[str, StageProgressOut] = Field(default_factory=dict, description="Per stage, in pipeline order.")
     metrics: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per finished stage, its final metrics.")
     spec: JobSpec = Field(description="The spec as it runs: named by the job id, under the gateway's artifact root.")
@@ -99,6 +101,7 @@ class JobOut(JobSummary):
             progress={k: StageProgressOut.model_validate(v) for k, v in (row.progress or {}).items()},
             metrics=row.metrics or {},
             spec=JobSpec.model_validate(row.spec),
+            deployment=DeploymentOut.model_validate(row.deployment) if row.deployment else None,
         )
 
 

@@ -14,6 +14,9 @@
 | PRIME_RAY_POLL_INTERVAL_S    | how often running jobs are polled in Ray           | 1.0                           |
 | PRIME_RAY_SESSION_SECRET     | signs the web console's session cookies            | random per process            |
 | PRIME_RAY_JOB_PYTHON         | Python that runs a job on the Ray head             | the gateway's own Python      |
+| PRIME_RAY_SERVE_HOST         | address of Ray Serve's HTTP proxy (served students)| 127.0.0.1                     |
+| PRIME_RAY_SERVE_PORT         | port of Ray Serve's HTTP proxy                     | 8100                          |
+| PRIME_RAY_PREDICT_TIMEOUT_S  | longest wait for a served student's answer         | 300                           |
 | PRIME_RAY_URL / PRIME_RAY_API_KEY | the SDK and CLI client's gateway and key      | http://127.0.0.1:8000 / none  |
 
 Several gateways may share one Postgres database (each follows the jobs it holds a lease on); on
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,6 +66,9 @@ class GatewaySettings(BaseSettings):
                     "same value; the default (random per process) logs console users out on a restart.",
     )
     job_python: str = Field(default_factory=lambda: sys.executable, description="Python of a job's entrypoint.")
+    serve_host: str = Field("127.0.0.1", description="Where Ray Serve's HTTP proxy listens (on the Ray head).")
+    serve_port: int = Field(8100, ge=1, le=65535, description="Ray Serve's HTTP proxy port for served students.")
+    predict_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a served student's answer.")
 
     @model_validator(mode="after")
     def _lease_outlasts_polls(self) -> "GatewaySettings":
@@ -94,3 +101,12 @@ class GatewaySettings(BaseSettings):
     def job_env(self) -> dict[str, str]:
         """Environment a job's runner gets on top of the Ray head's."""
         return {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
+
+    def entrypoint(self, module: str, *args: str) -> str:
+        """A Ray job's shell entrypoint: `python -m module args` with the job environment before it.
+
+        The variables go on the command line (the entrypoint runs in a shell), not in a runtime_env.
+        """
+        env = " ".join(f"{key}={shlex.quote(value)}" for key, value in sorted(self.job_env().items()))
+        command = " ".join(shlex.quote(part) for part in (self.job_python, "-m", module, *args))
+        return f"{env} {command}" if env else command

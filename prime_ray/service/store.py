@@ -169,6 +169,13 @@ class JobStore:
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1].seq) if more else None
 
+    def deployed(self) -> list[JobRow]:
+        """Jobs with a deployment record (deploying, ready, failed or stopping), oldest first."""
+        def read() -> list[JobRow]:
+            with self.sessions() as session:
+                return list(session.scalars(select(JobRow).where(JobRow.deployment.is_not(None)).order_by(JobRow.seq)))
+        return self._retried(read)
+
     def counts_by_state(self) -> dict[str, int]:
         def read() -> list[Any]:
             with self.sessions() as session:

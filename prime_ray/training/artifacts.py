@@ -32,6 +32,12 @@ def adapter_dir(train_dir: Path, student: Student) -> Path:
     return student_dir(train_dir, student) / "adapter"
 
 
+def trained_adapters(train_dir: Path) -> dict[str, Path]:
+    """The students whose adapter was saved under `train_dir`: name -> adapter folder, in STUDENTS order."""
+    found = {student: adapter_dir(train_dir, student) for student in STUDENTS}
+    return {student: path for student, path in found.items() if (path / "adapter_config.json").is_file()}
+
+
 def merged_dir(train_dir: Path, student: Student) -> Path:
     """The merged full model of a student (when spec.train.merge_adapter)."""
     return student_dir(train_dir, student) / "merged"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 from urllib.parse import urlsplit
 
 import httpx
@@ -70,7 +71,9 @@ def gateway(tmp_path_factory, module_db_url):
 ROUTES = [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/job-x"), ("POST", "/v1/jobs/job-x/cancel"),
           ("GET", "/v1/jobs/job-x/events"), ("GET", "/v1/jobs/job-x/logs"), ("GET", "/v1/jobs/job-x/artifacts"),
           ("GET", "/v1/jobs/job-x/artifacts/spec.json"), ("GET", "/readyz"), ("GET", "/metrics"),
-          ("GET", "/openapi.json")]
+          ("POST", "/v1/jobs/job-x/deployment"), ("GET", "/v1/jobs/job-x/deployment"),
+          ("DELETE", "/v1/jobs/job-x/deployment"), ("POST", "/v1/jobs/job-x/predict"),
+          ("POST", "/v1/jobs/job-x/users/u1/history"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models")]
 
 
 @pytest.mark.parametrize("method,path", ROUTES)
@@ -242,7 +245,7 @@ def test_artifacts_are_confined_to_their_job(gateway, tmp_path):
 
 
 def test_the_openapi_document_describes_every_route(gateway):
-    document = gateway.http.get("/openapi.json", headers=gateway.admin).json()
+    document = gateway.http.get("/openapi.json").json()  # no key: the document holds no secrets
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events",
             "/v1/jobs/{job_id}/logs", "/v1/jobs/{job_id}/artifacts", "/v1/jobs/{job_id}/artifacts/{path}",
             "/healthz", "/readyz", "/metrics"} <= set(document["paths"])
@@ -251,3 +254,50 @@ def test_the_openapi_document_describes_every_route(gateway):
     assert {"201", "200", "401", "403", "409", "413", "415", "422"} <= set(create["responses"])
     assert "examples" in document["components"]["schemas"]["JobOut"]
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_every_operation_has_a_short_explicit_id_and_the_docs_page_needs_no_cdn(gateway):
+    document = gateway.http.get("/openapi.json").json()
+    ids = {operation["operationId"] for path in document["paths"].values() for operation in path.values()}
+    assert {"createJob", "listJobs", "getJob", "cancelJob", "listArtifacts", "downloadArtifact", "jobEvents",
+            "jobLogs", "deployJob", "getDeployment", "undeployJob", "predict", "appendHistory", "chatCompletions",
+            "listModels", "healthz", "readyz", "metrics"} == ids
+    page = gateway.http.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assets = re.findall(r'(?:href|src)="([^"]+)"', page.text)
+    assert assets and all(a.startswith("/docs/assets/") for a in assets), assets  # nothing from another host
+    for asset in assets:
+        response = gateway.http.get(asset)
+        assert response.status_code == 200 and len(response.content) > 500, asset
+
+
+def test_student_routes_refuse_what_cannot_be_served_with_the_reason(gateway):
+    job = gateway.create()  # stays queued: no Ray behind this gateway
+    admin, reader = gateway.admin, gateway.reader
+    ask = {"user_id": "u1", "input": "Heat (1995)"}
+    for method, path, body in (("POST", f"/v1/jobs/{job['id']}/predict", ask),
+                               ("POST", f"/v1/jobs/{job['id']}/deployment", None),
+                               ("POST", f"/v1/jobs/{job['id']}/users/u1/history", {"items": [{"input": "x", "output": "1"}]})):
+        response = gateway.http.request(method, path, json=body, headers=admin)
+        assert response.status_code == 409, path
+        assert response.json()["detail"] == f"job {job['id']} is queued: only a succeeded job's student can be served"
+    assert gateway.http.post(f"/v1/jobs/{job['id']}/deployment", headers=reader).status_code == 403
+    missing = gateway.http.post("/v1/jobs/job-nope/predict", json=ask, headers=admin)
+    assert missing.status_code == 404 and missing.json()["detail"] == "no job 'job-nope'"
+    none = gateway.http.get(f"/v1/jobs/{job['id']}/deployment", headers=admin)
+    assert none.status_code == 404 and "has no deployment" in none.json()["detail"]
+    assert gateway.http.delete(f"/v1/jobs/{job['id']}/deployment", headers=admin).status_code == 404
+    assert gateway.http.get(f"/v1/jobs/{job['id']}", headers=admin).json()["deployment"] is None
+
+    chat = {"model": f"{job['id']}/prime", "user": "u1", "messages": [{"role": "user", "content": "Heat (1995)"}]}
+    assert gateway.http.post("/v1/chat/completions", json=chat, headers=admin).status_code == 409
+    unknown = gateway.http.post("/v1/chat/completions", json={**chat, "model": "job-nope/prime"}, headers=admin)
+    assert unknown.status_code == 404 and "no job 'job-nope'" in unknown.json()["detail"]
+    # OpenAI clients read `error.message`: the same words.
+    assert unknown.json()["error"] == {"message": unknown.json()["detail"], "type": "invalid_request_error",
+                                       "param": None, "code": 404}
+    no_user = gateway.http.post("/v1/chat/completions", json={**chat, "user": None}, headers=admin)
+    assert no_user.status_code == 422 and no_user.json()["problems"][0]["path"] == "body.user"
+    stream = gateway.http.post("/v1/chat/completions", json={**chat, "stream": True}, headers=admin)
+    assert stream.status_code == 422 and stream.json()["problems"][0]["path"] == "body.stream"
+    assert gateway.http.get("/v1/models", headers=reader).json() == {"object": "list", "data": []}

@@ -35,7 +35,7 @@ def test_no_server_errors_and_answers_match_the_document(auth):
     app, headers = auth
     api = schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers)
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) == 11
+    assert len(operations) == 18
 
     for operation in operations:
 

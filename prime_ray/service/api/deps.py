@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 from prime_ray.distributed.jobs import RayJobs
 from prime_ray.service.api.errors import ApiError
 from prime_ray.service.db import JobRow
+from prime_ray.service.deployments import StudentDeployments
 from prime_ray.service.follower import Follower
 from prime_ray.service.keys import ApiKey, verify_key
 from prime_ray.service.settings import GatewaySettings
@@ -41,11 +42,16 @@ def _ray(request: Request) -> RayJobs:
     return request.app.state.ray
 
 
+def _deployments(request: Request) -> StudentDeployments:
+    return request.app.state.deployments
+
+
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 SessionsDep = Annotated[sessionmaker, Depends(_sessions)]
 FollowerDep = Annotated[Follower, Depends(_follower)]
 RayDep = Annotated[RayJobs, Depends(_ray)]
+DeploymentsDep = Annotated[StudentDeployments, Depends(_deployments)]
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `prime-ray keys create`.")
 
@@ -80,3 +86,13 @@ def find_job(job_id: str, store: StoreDep) -> JobRow:
 
 
 JobDep = Annotated[JobRow, Depends(find_job)]
+
+
+def find_succeeded_job(job: JobDep) -> JobRow:
+    """The path's job, which must have succeeded (409 otherwise): only a finished job has students."""
+    if job.state != "succeeded":
+        raise ApiError(409, f"job {job.id} is {job.state}: only a succeeded job's student can be served")
+    return job
+
+
+SucceededJobDep = Annotated[JobRow, Depends(find_succeeded_job)]

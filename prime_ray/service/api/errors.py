@@ -26,6 +26,7 @@ MEANING = {
     415: "The body is neither JSON nor YAML.",
     422: "Invalid input: every problem, by its path.",
     503: "The Ray Jobs API or the job database cannot be reached (retry after `Retry-After` seconds).",
+    504: "The served student did not answer in time.",
 }
 
 
@@ -37,13 +38,20 @@ def errors(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut, "description": meanings.get(f"e{code}", MEANING[code])} for code in codes}
 
 
+def validation_problems(exc: RequestValidationError) -> list[SpecProblem]:
+    return [SpecProblem(path=".".join(str(p) for p in err["loc"]), message=err["msg"]) for err in exc.errors()]
+
+
+def answer(status: int, detail: str, problems: list[SpecProblem] | None = None,
+           headers: dict[str, str] | None = None, **extra: object) -> JSONResponse:
+    """The JSON error answer: an ErrorOut (plus `extra` keys some clients look for)."""
+    # Details and problems may quote a client's input: lone surrogates are escaped so the answer encodes.
+    problems = [SpecProblem(path=printable(p.path), message=printable(p.message)) for p in problems or []]
+    body = ErrorOut(detail=printable(detail), problems=problems)
+    return JSONResponse({**body.model_dump(), **extra}, status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    def answer(status: int, detail: str, problems: list[SpecProblem] | None = None,
-               headers: dict[str, str] | None = None) -> JSONResponse:
-        # Details and problems may quote a client's input: lone surrogates are escaped so the answer encodes.
-        problems = [SpecProblem(path=printable(p.path), message=printable(p.message)) for p in problems or []]
-        body = ErrorOut(detail=printable(detail), problems=problems)
-        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -51,8 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [SpecProblem(path=".".join(str(p) for p in err["loc"]), message=err["msg"]) for err in exc.errors()]
-        return answer(422, "invalid request", problems)
+        return answer(422, "invalid request", validation_problems(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
