@@ -22,7 +22,7 @@ from prime_ray.service.local import free_port
 from prime_ray.service.server import BackgroundServer
 from prime_ray.service.settings import GatewaySettings
 from prime_ray.service.states import JobState
-from prime_ray.service.store import encode_cursor
+from prime_ray.service.store import MAX_SEQ, encode_cursor
 
 SPEC = {"name": "demo", "model": {"name_or_path": "tiny-test"}, "stages": ["ingest"],
         "data": {"source": {"format": "jsonl", "path": "users.jsonl"}, "task": {"kind": "rating"}}}
@@ -123,13 +123,14 @@ def test_a_byte_order_mark_before_a_body_is_ignored(gateway):
     assert response.status_code == 201 and response.json()["name"] == "demo"
 
 
-def test_a_list_cursor_beyond_64_bits_is_a_422(gateway):
+def test_a_list_cursor_beyond_the_job_sequence_is_a_422(gateway):
     huge = encode_cursor(10**30)  # what the API would write, for a number no row can have
-    for cursor in (huge, encode_cursor(2**63), "c2VxOu-8kw"):  # the last: 'seq:' and a non-ASCII digit
+    # the job sequence is a 32-bit integer (Postgres); the last cursor: 'seq:' and a non-ASCII digit
+    for cursor in (huge, encode_cursor(2**63), encode_cursor(MAX_SEQ + 1), "c2VxOu-8kw"):
         response = gateway.http.get("/v1/jobs", params={"cursor": cursor}, headers=gateway.auth)
         assert response.status_code == 422, (cursor, response.text)
         assert list(_problems(response)) == ["query.cursor"]
-    response = gateway.http.get("/v1/jobs", params={"cursor": encode_cursor(2**63 - 1)}, headers=gateway.auth)
+    response = gateway.http.get("/v1/jobs", params={"cursor": encode_cursor(MAX_SEQ)}, headers=gateway.auth)
     assert response.status_code == 200  # the largest cursor is a page (of every job)
 
 

@@ -41,6 +41,7 @@ def _generate(document: Path, out: Path):
                     "--output-model-type", "pydantic_v2.BaseModel"], check=True, capture_output=True)
     spec = importlib.util.spec_from_file_location("generated_models", out)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the models' postponed annotations through it
     spec.loader.exec_module(module)
     return module
 
