@@ -98,7 +98,7 @@ class LiveView:
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[stage]:<7}"),
+            TextColumn("{task.fields[stage]:<7}", style="bold", markup=False),
             BarColumn(bar_width=30),
             _Count(),
             _Rate(),
