@@ -154,11 +154,14 @@ def _follow(job) -> None:
     present = {item["path"] for item in job.artifacts()}
     # folders (an adapter) are listed by their files
     paths = [rel for rel in KEY_ARTIFACTS if rel in present or any(p.startswith(rel + "/") for p in present)]
-    try:
-        report = job.client.request("GET", f"/v1/jobs/{job.id}/artifacts/eval/report.md").text
-    except NotFound:
-        report = None
-    show_report(console, report, paths, f"the gateway (prime-ray artifacts download {job.id} PATH...)")
+    found = {}
+    for name in ("report.json", "report.md"):
+        if f"eval/{name}" in present:
+            with contextlib.suppress(NotFound):
+                found[name] = job.client.request("GET", f"/v1/jobs/{job.id}/artifacts/eval/{name}").text
+    report = json.loads(found["report.json"]) if "report.json" in found else None
+    show_report(console, report, found.get("report.md"), paths,
+                f"the gateway (prime-ray artifacts download {job.id} PATH...)")
     say(console, plain(f"{job.id} succeeded", "green"))
 
 

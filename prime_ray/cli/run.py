@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from pathlib import Path
@@ -76,9 +77,10 @@ def run(
             say(err, plain("error: ", "red"), e)
             code = 2
         else:
-            report = result.job_dir / "eval" / "report.md"
-            show_report(console, report.read_text() if report.exists() else None, _artifact_paths(result.job_dir),
-                        result.uri)
+            eval_dir = result.job_dir / "eval"
+            report = json.loads((eval_dir / "report.json").read_text()) if (eval_dir / "report.json").exists() else None
+            markdown = (eval_dir / "report.md").read_text() if (eval_dir / "report.md").exists() else None
+            show_report(console, report, markdown, _artifact_paths(result.job_dir), result.uri)
             say(console, plain("done", "green"), f": artifacts in {result.uri}")
         summary = logs.warnings_summary()
         if summary:

@@ -1,19 +1,18 @@
 """Printing untrusted text: data values, paths, model output, exception and help text.
 
 rich reads `[...]` as markup: `[/b]` in a row raises MarkupError, `[embed]` or `[bad]` vanish. Every
-CLI module prints such text through these helpers, so only the markup written here is interpreted.
+CLI module prints through these helpers: text is shown verbatim, and styles are given as arguments
+(`plain(text, "red")`), never as markup inside a string; typer's help is not read as markup either.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
 
-__all__ = ["escape", "plain", "say", "err_console", "out_console", "typer_app", "is_terminal"]
+__all__ = ["plain", "say", "err_console", "out_console", "typer_app"]
 
 
 def plain(value: Any, style: str = "") -> Text:
@@ -36,14 +35,6 @@ def say(console: Console, *parts: Any) -> None:
     for part in parts:
         line.append(part if isinstance(part, Text) else Text(str(part)))
     console.print(line, soft_wrap=not console.is_terminal, highlight=False)
-
-
-def is_terminal(stream: Any = None) -> bool:
-    stream = stream if stream is not None else sys.stdout
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def typer_app(**options: Any):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.markdown import Markdown
+from rich.table import Table
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
@@ -98,7 +98,7 @@ class LiveView:
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[stage]:<7}"),
+            TextColumn("{task.fields[stage]:<7}", style="bold", markup=False),
             BarColumn(bar_width=30),
             _Count(),
             _Rate(),
@@ -238,13 +238,49 @@ def make_view(console: Console):
     return LiveView(console) if console.is_terminal else PlainView(console)
 
 
-def show_report(console: Console, markdown: str | None, artifacts: list[str], where: str) -> None:
-    """The comparison table (report.md, drawn as rich tables on a terminal) and the artifact paths."""
-    if markdown:
-        if console.is_terminal:
-            console.print(Markdown(markdown))
-        else:
-            say(console, markdown)  # plain: a Markdown table must not be wrapped
+def _cell(metric: dict[str, Any] | None, digits: int = 3) -> str:
+    if not metric or metric.get("value") is None:
+        return "–"
+    text = f"{metric['value']:.{digits}f}"
+    if metric.get("low") is not None and metric.get("high") is not None:
+        text += f" [{metric['low']:.{digits}f}, {metric['high']:.{digits}f}]"
+    return text
+
+
+def report_tables(report: dict[str, Any]) -> list[Table]:
+    """The comparison of report.json as rich tables, one per split: each mode's task metrics with their
+    95 % intervals and its parse rate; the best mode on the primary metric in bold."""
+    lower = set(report.get("lower_is_better", []))
+    primary = report["primary_metric"]
+    tables = []
+    for split in report["splits"]:
+        rows = report["results"][split]
+        n = max((r["n"] for r in rows.values()), default=0)
+        table = Table(title=plain(f"{split} (n = {n}) · {primary} {'lower' if primary in lower else 'higher'} is better"),
+                      title_justify="left")
+        table.add_column("mode", no_wrap=True)
+        for name in report["metrics"]:
+            table.add_column(f"{name} {'↓' if name in lower else '↑'}", no_wrap=True, justify="right")
+        table.add_column("parse rate ↑", no_wrap=True, justify="right")
+        values = {mode: r["metrics"][primary]["value"] for mode, r in rows.items() if r["metrics"][primary]["value"] is not None}
+        best = (min if primary in lower else max)(values, key=values.get) if len(values) > 1 else None
+        for mode, r in rows.items():
+            cells = [_cell(r["metrics"].get(name)) for name in report["metrics"]]
+            cells.append(_cell(r["health"].get("parse_rate"), 2))
+            table.add_row(plain(mode, "bold" if mode == best else ""), *cells)
+        tables.append(table)
+    return tables
+
+
+def show_report(console: Console, report: dict[str, Any] | None, markdown: str | None, artifacts: list[str],
+                where: str) -> None:
+    """The comparison table (rich tables from report.json on a terminal, report.md verbatim elsewhere)
+    and the artifact paths."""
+    if console.is_terminal and report:
+        for table in report_tables(report):
+            console.print(table)
+    elif markdown:
+        say(console, markdown)  # plain: a Markdown table must not be wrapped
     say(console, plain("artifacts", "bold"), f" in {where}:")
     for path in artifacts:
         say(console, f"  {path}")

@@ -75,10 +75,11 @@ _SIGNAL_REASONS = {signal.SIGINT: "interrupted (SIGINT, Ctrl-C)", signal.SIGTERM
 class _CancelSignals:
     """The runner's SIGINT/SIGTERM handlers for the length of a job (main thread only).
 
-    Ray installs its own on the way: `ray.init` a SIGTERM handler that exits, Ray Train's trainer a
-    SIGINT handler that aborts the Train run and lets the driver go on. `claim()` puts ours back; it is
-    called before every stage, after Ray is up. The first signal raises CancelRequested; later ones are
-    ignored so the teardown runs to its end (SIGKILL still ends everything).
+    Ray installs its own on the way: `ray.init` a SIGTERM handler that exits, so `claim()` puts ours
+    back before every stage, after Ray is up. Ray Train's trainer would install a SIGINT handler for
+    the length of `fit()` (abort the Train run, let the driver go on): `ensure_ray` keeps it from
+    registering one. The first signal raises CancelRequested; later ones are ignored so the teardown
+    runs to its end (SIGKILL still ends everything).
     """
 
     def __init__(self, on_signal: Callable[[str], None]) -> None:

@@ -47,7 +47,7 @@ class ErrorOut(BaseModel):
 
 
 class StageProgressOut(BaseModel):
-    state: Literal["pending", "running", "finished", "skipped", "failed"]
+    state: Literal["pending", "running", "finished", "skipped", "failed", "cancelled"]
     done: int | None = Field(None, description="Units done (examples, users, steps: the stage says).")
     total: int | None = None
     metrics: dict[str, Any] = Field(default_factory=dict, description="The stage's latest live metrics.")

@@ -117,3 +117,23 @@ def test_run_refuses_a_force_that_names_no_stage(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(spec), "--force", "bogus"])
     assert result.exit_code == 2 and "'bogus' is not a stage" in result.output
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_the_report_is_drawn_as_tables_on_a_terminal():
+    from prime_ray.cli.view import show_report
+
+    def result(value, parse):
+        return {"n": 4, "metrics": {"mae": {"value": value, "low": value - 0.5, "high": value + 0.5},
+                                    "accuracy": {"value": 0.5, "low": None, "high": None}},
+                "health": {"parse_rate": {"value": parse, "low": None, "high": None}}}
+
+    report = {"primary_metric": "mae", "lower_is_better": ["mae"], "metrics": ["mae", "accuracy"],
+              "splits": ["test_query"], "results": {"test_query": {"prime-direct": result(0.75, 1.0),
+                                                                   "fast-direct": result(1.25, 0.5)}}}
+    out = io.StringIO()
+    show_report(Console(file=out, force_terminal=True, width=120), report, "unused", ["/x/eval/report.md"], "/x")
+    text = ANSI.sub("", out.getvalue())
+    assert "test_query (n = 4) · mae lower is better" in text
+    row = next(line for line in text.splitlines() if "prime-direct" in line)
+    assert "0.750 [0.250, 1.250]" in row and "0.500" in row and "1.00" in row
+    assert "unused" not in text and "/x/eval/report.md" in text

@@ -148,6 +148,9 @@ def test_cancel_during_traces_train_and_eval_frees_ray_and_resumes(tmp_path):
     run.wait_for(_started("traces", progressed=True))
     seconds = run.stop(signal.SIGTERM, group=False)
     _check_cancelled(run, "traces", seconds, "SIGTERM to the runner, as Ray Jobs' stop sends it")
+    # Ray's own lines went to the job's log file, not to the command's output.
+    assert "Started a local Ray instance" in (job_dir / "logs" / "driver.log").read_text()
+    assert "Started a local Ray instance" not in run.out.read_text()
     parts = list((job_dir / "traces" / "parts").glob("*"))
     assert parts, "the users finished before the stop are kept for the re-run"
 
