@@ -1,7 +1,7 @@
 """Generation on one accelerator, no Ray: stock `model.generate` against the engine's fastest path.
 
     python benchmarks/gpu_generation.py                        # SmolLM2-135M-Instruct, batch 64 and 512
-    python benchmarks/gpu_generation.py --tiny --batch-sizes 4 --max-new-tokens 8   # CPU smoke run
+    python benchmarks/gpu_generation.py --tiny                  # CPU smoke run: tiny model, batch 2 and 4
 
 Same model, prompts (personal-think prompts as the traces stage renders them) and sampling params:
 
@@ -65,10 +65,12 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tiny", action="store_true", help="the tiny random test model (a CPU smoke run)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="default 64 512 (--tiny: 2 4)")
+    parser.add_argument("--max-new-tokens", type=int, help="default 128 (--tiny: 8)")
     parser.add_argument("--dtype", default="bfloat16", help="model dtype on an accelerator (CPU keeps float32)")
     args = parser.parse_args()
+    args.batch_sizes = args.batch_sizes or ([2, 4] if args.tiny else [64, 512])
+    args.max_new_tokens = args.max_new_tokens or (8 if args.tiny else 128)
 
     configure_environment()
     model = ModelSpec(name_or_path="tiny-test" if args.tiny else args.model)

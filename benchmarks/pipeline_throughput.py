@@ -51,7 +51,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=22, help="users of the demo's data (a quarter held out)")
     parser.add_argument("--batch-size", type=int, default=32, help="@serve.batch and engine max batch size")
     parser.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--examples-per-user", type=int, default=None,
+                        help="at most this many of each user's training examples in the rounds (default: all)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; each figure is its best")
+    parser.add_argument("--artifact-root", help="keep ingest and memory here (reused by a later run); default: a temp dir")
     args = parser.parse_args()
 
     configure_environment()
@@ -65,12 +68,17 @@ def main() -> None:
     from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer, _Work, synthesis_rows
 
     with tempfile.TemporaryDirectory(prefix="pipeline-throughput-") as tmp:
+        tmp = args.artifact_root or tmp
         spec = _spec(args, tmp)
         ensure_ray(spec.resources)  # an embedded Ray with --cpus CPUs, as a job gets
         try:
             run_job(spec)  # ingest + memory: the stage's real inputs
             job = Path(tmp) / spec.name
-            rows = synthesis_rows(job / "ingest", job / "memory")
+            rows, per_user = [], {}
+            for row in synthesis_rows(job / "ingest", job / "memory"):
+                per_user[row["user_id"]] = per_user.get(row["user_id"], 0) + 1
+                if args.examples_per_user is None or per_user[row["user_id"]] <= args.examples_per_user:
+                    rows.append(row)
             users = len({r["user_id"] for r in rows})
             config = SynthesisConfig(spec=spec, config_hash="benchmark")
 
@@ -90,7 +98,7 @@ def main() -> None:
             print(f"model {spec.model.name_or_path}: {users} users, {len(rows)} examples, "
                   f"{t.samples_per_example} trace(s) each, prompts of {mean_prompt / len(prompts):.0f} tokens, "
                   f"{t.max_new_tokens} new tokens, T {t.temperature}, batch {args.batch_size}, {threads} torch threads")
-            engine.generate(prompts[: args.batch_size], params)  # warm-up at full batch shape
+            engine.generate(prompts[:4], SamplingParams(max_new_tokens=4))  # warm-up: first-call allocations
 
             runs: dict[str, list[float]] = {"stage": [], "engine": []}
             with GeneralistMap(spec, app_name="pipeline-throughput") as g:

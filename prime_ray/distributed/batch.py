@@ -249,6 +249,7 @@ class GeneralistMap:
     def _run(self, users, todo, worker_cls, config, parts_dir, done, failures, on_user_done) -> None:
         g = self.spec.generalist
         per_call = users_per_call(sum(len(users[u]) for u in todo) / len(todo), g.resolved_rows_per_call)
+        per_call = math.ceil(len(todo) / math.ceil(len(todo) / per_call))  # calls of equal size, not a small last one
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         dataset = ray.data.from_items(

@@ -25,6 +25,7 @@ import os
 from collections import defaultdict, deque
 from typing import Any, Iterator
 
+import ray
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -206,15 +207,17 @@ class GeneralistHandle:
 
 
 def replica_threads(spec: JobSpec) -> int:
-    """torch threads per replica: `generalist.cpu_threads`, else on an embedded Ray its CPUs shared among
-    the replicas (the Ray Data workers calling them only wait), at least ceil(num_cpus_per_replica)."""
+    """torch threads per replica: `generalist.cpu_threads`, else on an embedded Ray its CPUs (as Ray
+    counts them) shared among the replicas (the Ray Data workers calling them only wait), at least
+    ceil(num_cpus_per_replica)."""
     g = spec.generalist
     reserved = max(1, math.ceil(g.num_cpus_per_replica))
     if g.cpu_threads:
         return g.cpu_threads
     if spec.resources.ray_address is not None:
         return reserved  # a cluster's nodes are shared with other work: keep to the reservation
-    cpus = spec.resources.num_cpus or len(os.sched_getaffinity(0))
+    cpus = int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0
+    cpus = cpus or spec.resources.num_cpus or len(os.sched_getaffinity(0))
     return max(reserved, cpus // g.replicas)
 
 
