@@ -40,7 +40,7 @@ def test_the_template_really_refuses_a_system_turn(tokenizer):
 @pytest.mark.parametrize("mode", list(PromptMode))
 def test_the_system_text_opens_the_first_user_turn(tokenizer, mode):
     prompt = render_prompt(tokenizer, mode, task=RatingTask(), templates=TEMPLATES, query_input="The Godfather (1972)",
-                           profile="Loves dramas.", hint="4" if mode != PromptMode.direct else None)
+                           profile="Loves dramas.", hint="4" if mode in (PromptMode.think, PromptMode.personal_think) else None)
     assert prompt.count("<start_of_turn>user\nSYSTEM-LINE\n\nINSTRUCTION-LINE") == 1
     assert prompt.endswith("<start_of_turn>model\n") and "<start_of_turn>system" not in prompt
     assert prompt.index("SYSTEM-LINE") < prompt.index("The Godfather (1972)") < prompt.index("FORMAT-LINE")
