@@ -172,3 +172,27 @@ def _parsed():
     from prime_ray.spec import parse_spec
 
     return (parse_spec(yaml.safe_load(SPEC_YAML)),)
+
+
+def test_a_succeeded_job_offers_its_student_and_says_why_it_cannot_answer_yet(gateway):
+    """Without a deployment the student cannot answer (409 from the same code as the REST predict), and
+    deploying needs Ray, which is out of reach here (503): both shown on the page, not as a crash."""
+    from prime_ray.service.states import JobState
+
+    url, app, keys, _ = gateway
+    row, _ = app.state.store.create(*_parsed(), None)
+    app.state.store.update(row.id, state=JobState.running)
+    app.state.store.update(row.id, state=JobState.succeeded)
+    with _login(url, keys["admin"]) as client:
+        page = client.get(f"/jobs/{row.id}").text
+        assert 'id="student"' in page and "Deploy the student" in page
+        csrf = _csrf(page)
+        asked = client.post(f"/jobs/{row.id}/ask", data={"csrf": csrf, "user_id": "u17", "input": "Heat (1995)"})
+        assert asked.status_code == 409 and 'id="ask-error"' in asked.text and "not deployed" in asked.text
+        assert 'value="Heat (1995)"' in asked.text  # the question stays in the form
+        deployed = client.post(f"/jobs/{row.id}/deploy", data={"csrf": csrf})
+        assert deployed.status_code == 503 and "Ray cannot take the request" in deployed.text
+    with _login(url, keys["reader"]) as client:
+        page = client.get(f"/jobs/{row.id}").text
+        assert 'id="student"' in page and "Deploy the student" not in page
+        assert client.post(f"/jobs/{row.id}/deploy", data={"csrf": _csrf(page)}).status_code == 403

@@ -25,6 +25,9 @@ from prime_ray.pipeline.events import read_events
 # The API's own helpers, so the console parses specs and serves files exactly as the REST API does.
 from prime_ray.service.api.routes.artifacts import _artifact_files, confined
 from prime_ray.service.api.routes.jobs import _stream_events
+from prime_ray.service.api.routes.students import forward
+from prime_ray.serving.schemas import PredictRequest
+from prime_ray.distributed.jobs import RayRefused, RayUnavailable
 from prime_ray.service.follower import events_path, job_dir
 from prime_ray.service.keys import ApiKey, key_by_id, verify_key
 from prime_ray.service.states import JobState
@@ -160,21 +163,59 @@ def install_console(app: FastAPI, session_secret: str) -> None:
         return _render(request, "jobs.html", key=key, jobs=jobs, state=wanted.value if wanted else "",
                        states=[s.value for s in JobState])
 
-    @router.get("/jobs/{job_id}")
-    def job_page(request: Request, key: ConsoleKey, job_id: str) -> HTMLResponse:
-        row = find(job_id)
-        if row is None:
-            return _render(request, "error.html", status_code=404, key=key, message=f"No job {job_id!r}.")
+    def job_view(request: Request, key: ApiKey, row: Any, status_code: int = 200, **ask: Any) -> HTMLResponse:
         root = job_dir(app.state.settings, row.id)
         events, cursor = _recent_events(events_path(app.state.settings, row.id))
         report = root / "eval" / "report.md"
         return _render(
-            request, "job.html", key=key, job=row, state=JobState(row.state), stages=_stage_rows(row),
+            request, "job.html", status_code=status_code, key=key, job=row, state=JobState(row.state),
+            stages=_stage_rows(row), deployment=row.deployment, ask=ask,
             events=events, cursor=cursor, artifacts=_artifact_files(root),
             report_html=markdown.render(report.read_text(errors="replace")) if report.is_file() else None,
             charts=[p for p in ("eval/report.png", "train/curves.png") if (root / p).is_file()],
             spec_yaml=yaml.safe_dump(row.spec, sort_keys=False),
         )
+
+    @router.get("/jobs/{job_id}")
+    def job_page(request: Request, key: ConsoleKey, job_id: str) -> HTMLResponse:
+        row = find(job_id)
+        if row is None:
+            return _render(request, "error.html", status_code=404, key=key, message=f"No job {job_id!r}.")
+        return job_view(request, key, row)
+
+    @router.post("/jobs/{job_id}/deploy")
+    def deploy(request: Request, key: ConsoleKey, job_id: str, csrf: Annotated[str, Form(max_length=200)]) -> Response:
+        """Start serving a succeeded job's student (the REST API's deployJob)."""
+        check_csrf(request, csrf)
+        if key.read_only:
+            raise Forbidden(f"API key {key.id} is read-only")
+        row = find(job_id)
+        if row is not None and row.state == JobState.succeeded.value:
+            try:
+                app.state.deployments.deploy(row)
+            except (RayUnavailable, RayRefused) as e:
+                return job_view(request, key, row, status_code=503, error=f"Ray cannot take the request: {e}")
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+    @router.post("/jobs/{job_id}/ask")
+    async def ask(request: Request, key: ConsoleKey, job_id: str, csrf: Annotated[str, Form(max_length=200)],
+                  user_id: Annotated[str, Form(min_length=1, max_length=200)],
+                  input: Annotated[str, Form(min_length=1, max_length=100_000)],
+                  adapter: Annotated[str, Form(max_length=40)] = "prime") -> Response:
+        """Ask the served student about a user (the REST API's predict), shown on the job page."""
+        check_csrf(request, csrf)
+        row = await run_in_threadpool(find, job_id)
+        if row is None:
+            return _render(request, "error.html", status_code=404, key=key, message=f"No job {job_id!r}.")
+        asked = {"user_id": user_id, "input": input, "adapter": adapter}
+        try:
+            answer = await forward(app.state.deployments, row, "POST", "/predict",
+                                   PredictRequest(user_id=user_id, input=input, adapter=adapter).model_dump(mode="json"))
+        except ApiError as e:
+            problems = "; ".join(f"{p.path}: {p.message}" for p in e.problems)
+            return job_view(request, key, row, status_code=e.status, asked=asked,
+                            error=e.detail + (f" ({problems})" if problems else ""))
+        return job_view(request, key, row, asked=asked, answer=answer)
 
     @router.get("/jobs/{job_id}/log")
     def job_log(request: Request, key: ConsoleKey, job_id: str) -> Response:
