@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 from rich.table import Table
@@ -19,7 +19,7 @@ artifacts_app = typer_app(help="A job's artifact files: list, download.", no_arg
 
 
 @contextlib.contextmanager
-def _client(url: str | None, api_key: str | None) -> Iterator["PrimeClient"]:  # noqa: F821
+def _client(url: str | None, api_key: str | None) -> Iterator[PrimeClient]:  # noqa: F821
     """The SDK client; its errors end the command with a message instead of a traceback."""
     from prime_ray.client import JobFailed, PrimeClient, PrimeError, SpecError
 
@@ -44,9 +44,9 @@ def submit(
     spec_path: Path = typer.Argument(..., help="A job spec (YAML or JSON)."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end: a live view of its stages on a "
                               "terminal, a line per event elsewhere; then its report and artifacts."),
-    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="Resubmitting with it returns the same job."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Resubmitting with it returns the same job."),
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Submit a job; prints its id (and follows it with --wait)."""
     with _client(url, api_key) as client:
@@ -59,8 +59,8 @@ def submit(
 def status(
     job_id: str = typer.Argument(...),
     as_json: bool = typer.Option(False, "--json", help="Print the gateway's JSON document."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """A job's state, current stage, progress per stage and metrics."""
     with _client(url, api_key) as client:
@@ -82,10 +82,10 @@ def status(
 
 
 def list_jobs(
-    state: Optional[str] = typer.Option(None, "--state", help="queued, running, succeeded, failed or cancelled."),
+    state: str | None = typer.Option(None, "--state", help="queued, running, succeeded, failed or cancelled."),
     limit: int = typer.Option(20, "--limit", min=1),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Jobs, newest first."""
     with _client(url, api_key) as client:
@@ -96,13 +96,13 @@ def list_jobs(
     out_console().print(table)
 
 
-def logs(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def logs(job_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """The Ray job's logs (the runner's output)."""
     with _client(url, api_key) as client:
         typer.echo(client.get(job_id).logs(), nl=False)
 
 
-def cancel(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def cancel(job_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """Cancel a job (it becomes cancelled once Ray has stopped it)."""
     with _client(url, api_key) as client:
         job = client.get(job_id).cancel()
@@ -110,7 +110,7 @@ def cancel(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key:
 
 
 @artifacts_app.command("list")
-def artifacts_list(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def artifacts_list(job_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """A job's artifact files with their sizes."""
     with _client(url, api_key) as client:
         files = client.get(job_id).artifacts()
@@ -123,10 +123,10 @@ def artifacts_list(job_id: str = typer.Argument(...), url: Optional[str] = URL, 
 @artifacts_app.command("download")
 def artifacts_download(
     job_id: str = typer.Argument(...),
-    paths: Optional[list[str]] = typer.Argument(None, help="Artifact paths (default: all)."),
+    paths: list[str] | None = typer.Argument(None, help="Artifact paths (default: all)."),
     dest: Path = typer.Option(Path("."), "--dest", help="Folder to write into (relative paths are kept)."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Download a job's artifacts."""
     with _client(url, api_key) as client:

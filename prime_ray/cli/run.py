@@ -6,7 +6,6 @@ import json
 import logging
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,7 +26,7 @@ def _check_force(values: list[str]) -> list[str]:
 
 def run(
     spec_path: Path = typer.Argument(..., help="A job spec (YAML or JSON)."),
-    address: Optional[str] = typer.Option(
+    address: str | None = typer.Option(
         None, "--address", help="Ray address to join (default: the spec's resources.ray_address, else an embedded Ray)."
     ),
     force: list[str] = typer.Option(

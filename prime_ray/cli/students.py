@@ -11,7 +11,6 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -29,13 +28,13 @@ def ask(
     text: str = typer.Argument(..., metavar="INPUT", help="The input to answer for the user."),
     user: str = typer.Option(..., "--user", "-u", help="The user whose memory is used."),
     adapter: str = typer.Option("prime", "--adapter", "-a", help="prime, fast or generalist."),
-    mode: Optional[str] = typer.Option(None, "--mode", "-m", help="personal-think (default), direct, think."),
-    history: Optional[Path] = typer.Option(None, "--history", help="A new user's history: JSON list of "
+    mode: str | None = typer.Option(None, "--mode", "-m", help="personal-think (default), direct, think."),
+    history: Path | None = typer.Option(None, "--history", help="A new user's history: JSON list of "
                                                                    "{input, output} items."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the job's eval setting."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Default: the job's eval setting."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole answer as JSON."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Ask a trained student about a user: its reasoning, its answer, and the memory it was given."""
     from prime_ray.serving.schemas import HistoryItemIn, PredictRequest

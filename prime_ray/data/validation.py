@@ -10,8 +10,9 @@ and item ids), and, when a task is given, whether each output fits it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 

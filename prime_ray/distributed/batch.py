@@ -31,16 +31,17 @@ import inspect
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import ray
 from pydantic import BaseModel
 
 from prime_ray.distributed.serve import GeneralistHandle, start_generalist, stop_generalist
-from prime_ray.spec import JobSpec
 from prime_ray.files import atomic_write
+from prime_ray.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class GeneralistMap:
         self.spec, self.app_name, self.adapter_path = spec, app_name, adapter_path
         self.handle: GeneralistHandle | None = None
 
-    def __enter__(self) -> "GeneralistMap":
+    def __enter__(self) -> GeneralistMap:
         try:
             self.handle = start_generalist(self.spec, app_name=self.app_name, adapter_path=self.adapter_path)
         except BaseException:

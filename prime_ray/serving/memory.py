@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from prime_ray.data.schema import Item, UserRecord
 from prime_ray.data.store import read_examples, read_users

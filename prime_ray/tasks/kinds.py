@@ -19,7 +19,6 @@ import numpy as np
 
 from prime_ray.evaluation.metrics import (
     MetricValue,
-    Outcome,
     correct_labels,
     hits,
     macro_f1,

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -74,10 +75,10 @@ class StepStats:
     seconds: float  # wall time of the step on this rank
 
 
-ENGINE_BACKENDS: dict[str, type["TrainEngine"]] = {}
+ENGINE_BACKENDS: dict[str, type[TrainEngine]] = {}
 
 
-def register_backend(name: Backend) -> Callable[[type["TrainEngine"]], type["TrainEngine"]]:
+def register_backend(name: Backend) -> Callable[[type[TrainEngine]], type[TrainEngine]]:
     def register(cls: type[TrainEngine]) -> type[TrainEngine]:
         ENGINE_BACKENDS[name] = cls
         return cls
@@ -85,7 +86,7 @@ def register_backend(name: Backend) -> Callable[[type["TrainEngine"]], type["Tra
     return register
 
 
-def create_train_engine(config: EngineConfig, model: torch.nn.Module | None = None) -> "TrainEngine":
+def create_train_engine(config: EngineConfig, model: torch.nn.Module | None = None) -> TrainEngine:
     """The engine of `config.backend`, over `model` (a transformers causal LM; loaded from
     `config.model` in float32 on CPU when None). Raises ValueError for an unknown backend."""
     if config.backend not in ENGINE_BACKENDS:

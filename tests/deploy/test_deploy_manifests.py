@@ -17,13 +17,14 @@ import importlib.util
 import json
 import re
 import shlex
-import tomllib
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
 from prime_ray.service.settings import GatewaySettings

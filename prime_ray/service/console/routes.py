@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from prime_ray.pipeline.events import read_events
+
 # The API's own helpers, so the console parses specs and serves files exactly as the REST API does.
 from prime_ray.service.api.routes.artifacts import _artifact_files, confined
 from prime_ray.service.api.routes.jobs import _stream_events
