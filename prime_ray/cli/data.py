@@ -28,10 +28,10 @@ def _load(source_text: str, format: str | None, spec_path: Path | None):
         loaded = load_source(source, spec.data if spec else None, seed=spec.seed if spec else 0)
     except SpecError as e:
         say(err, str(e))
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except (ValueError, DataError) as e:  # a source that cannot be named or read at all
         say(err, f"error: {e}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     return source, loaded
 
 

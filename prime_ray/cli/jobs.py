@@ -31,13 +31,13 @@ def _client(url: str | None, api_key: str | None) -> Iterator[PrimeClient]:  # n
         say(err, plain(f"the gateway refused the request: {e.detail}", "red"))
         for problem in e.problems:
             say(err, f"  {problem}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except JobFailed as e:
         say(err, plain(str(e), "red"))
-        raise typer.Exit(130 if e.job.state == "cancelled" else 1)
+        raise typer.Exit(130 if e.job.state == "cancelled" else 1) from None
     except PrimeError as e:
         say(err, plain(str(e), "red"))
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 def submit(

@@ -51,7 +51,7 @@ def run(
         spec = load_spec(spec_path)
     except SpecError as e:
         say(err, str(e))
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     job_dir = JobArtifacts(spec.artifact_root, spec.name).job_dir
     with JobLogs(job_dir, verbose=verbose) as logs:
         console = logs.console

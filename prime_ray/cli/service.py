@@ -23,7 +23,7 @@ def _settings(**options: Any):
         return GatewaySettings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as e:
         say(err_console(), plain("invalid gateway settings: ", "red"), e)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def gateway(
@@ -99,7 +99,7 @@ def up(
         result = stack.up(_settings(port=port), num_cpus=num_cpus)
     except (RuntimeError, TimeoutError) as e:
         say(err_console(), plain("prime-ray up failed: ", "red"), e)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console = out_console()
     say(console, f"gateway {'already running' if result.reused else 'started'}: {result.url}")
     say(console, f"ray head {'already running' if result.ray_reused else 'started'}: {result.state['ray']['temp_dir']} "

@@ -46,7 +46,7 @@ def ask(
             items = [HistoryItemIn.model_validate(i) for i in json.loads(history.read_text())]
         except (OSError, ValueError) as e:
             say(err, plain(f"{history}: not a JSON list of history items: {e}", "red"))
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     if _is_job_dir(job):
         from prime_ray.serving.student import ServedStudent, ServingError
 
@@ -56,7 +56,7 @@ def ask(
                                                        history=items, max_new_tokens=max_new_tokens)])
         except ServingError as e:
             say(err, plain(e.detail, "red"))
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         finally:
             student.close()
     else:

@@ -219,7 +219,7 @@ class EventFollower:
         return self
 
     def _drain(self) -> None:
-        for self.offset, event in self._read(self.path, self.offset):
+        for self.offset, event in self._read(self.path, self.offset):  # noqa: B020 - the iterable is built once
             self.view(event)
 
     def _loop(self) -> None:

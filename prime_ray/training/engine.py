@@ -214,7 +214,7 @@ class TrainEngine(ABC):
             seconds=time.perf_counter() - started,
         )
 
-    def _check_micro_batches(self, count: int) -> None:
+    def _check_micro_batches(self, count: int) -> None:  # noqa: B027 - an optional hook
         pass
 
     def _all_reduce(self, values: Sequence[float]) -> list[float]:

@@ -106,7 +106,7 @@ def _job_percent(row: Any) -> int:
 def _recent_events(path: Path) -> tuple[list[Any], int]:
     tail: collections.deque = collections.deque(maxlen=EVENTS_SHOWN)
     cursor = 0
-    for cursor, event in read_events(path):
+    for cursor, event in read_events(path):  # noqa: B007 - the last cursor is kept
         tail.append(event)
     return list(tail), cursor
 
