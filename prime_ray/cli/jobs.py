@@ -6,11 +6,15 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from prime_ray.cli.text import err_console, out_console, plain, say, typer_app
+
+if TYPE_CHECKING:
+    from prime_ray.client import PrimeClient
 
 URL = typer.Option(None, "--url", help="Gateway URL [env PRIME_RAY_URL, http://127.0.0.1:8000].")
 API_KEY = typer.Option(None, "--api-key", help="API key [env PRIME_RAY_API_KEY].")
@@ -19,7 +23,7 @@ artifacts_app = typer_app(help="A job's artifact files: list, download.", no_arg
 
 
 @contextlib.contextmanager
-def _client(url: str | None, api_key: str | None) -> Iterator[PrimeClient]:  # noqa: F821
+def _client(url: str | None, api_key: str | None) -> Iterator[PrimeClient]:
     """The SDK client; its errors end the command with a message instead of a traceback."""
     from prime_ray.client import JobFailed, PrimeClient, PrimeError, SpecError
 

@@ -73,8 +73,8 @@ def ask(
         say(out, plain("profile: ", "dim"), answer.profile)
     if answer.episodes:
         table = Table("episode", "input", "output", "score", title="memory given", title_justify="left")
-        for e in answer.episodes:
-            table.add_row(plain(e.id), plain(e.input), plain(e.output), f"{e.score:.2f}")
+        for episode in answer.episodes:
+            table.add_row(plain(episode.id), plain(episode.input), plain(episode.output), f"{episode.score:.2f}")
         out.print(table)
     if answer.trace:
         say(out, plain("thinking: ", "dim"), answer.trace)

@@ -147,7 +147,8 @@ class ServingMemory:
     def next_ids(self, user_id: str, count: int) -> list[str]:
         """Fresh item ids (`added-<n>`) for appended items that came without one."""
         taken = {item.id for item in self.state(user_id).history}
-        out, n = [], len(taken)
+        out: list[str] = []
+        n = len(taken)
         while len(out) < count:
             n += 1
             if f"added-{n}" not in taken:

@@ -163,7 +163,7 @@ class TrainEngine(ABC):
         for p in self.module.parameters():
             numel = getattr(p, "ds_numel", p.numel())
             full += numel
-            local += p.ds_tensor.numel() if hasattr(p, "ds_numel") else numel
+            local += p.ds_tensor.numel() if hasattr(p, "ds_numel") else numel  # type: ignore[attr-defined]  # set by ZeRO-3
         return local / max(full, 1)
 
     # ------------------------------------------------------------------------------ the step
@@ -298,7 +298,7 @@ class TorchEngine(TrainEngine):
 
     def export_adapter(self, target: Path) -> None:
         if self.rank == 0:
-            self.module.save_pretrained(target, state_dict=self._adapter_state())
+            self.module.save_pretrained(target, state_dict=self._adapter_state())  # type: ignore[arg-type]  # any path
 
 
 @register_backend("deepspeed")
@@ -360,4 +360,4 @@ class DeepSpeedEngine(TrainEngine):
         # Under ZeRO-3 each rank holds a partition: gather the full adapter on every rank first.
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.config.train.zero_stage == 3):
             if self.rank == 0:
-                self.module.save_pretrained(target, state_dict=self._adapter_state())
+                self.module.save_pretrained(target, state_dict=self._adapter_state())  # type: ignore[arg-type]  # any path
