@@ -533,7 +533,8 @@ class JobSpec(_Strict):
             wanted = "rating" if source.task == "rating" else "label"
             if task.kind != wanted:
                 raise ValueError(f"data.task.kind: MovieLens task '{source.task}' needs kind '{wanted}', got '{task.kind}'")
-            if source.task == "liked" and sorted(label.strip().lower() for label in task.labels) != ["no", "yes"]:
+            if (source.task == "liked" and isinstance(task, LabelTask)  # the kind check above made it one
+                    and sorted(label.strip().lower() for label in task.labels) != ["no", "yes"]):
                 raise ValueError(f"data.task.labels: MovieLens task 'liked' needs labels [yes, no], got {task.labels}")
             if source.min_like_rate_distance > 0 and source.task == "genre":
                 raise ValueError("data.source.min_like_rate_distance: needs ratings (task 'rating' or 'liked')")
@@ -691,7 +692,7 @@ class _SpecLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             # An alias lets a small document expand into a huge one; a spec never needs one.
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted", event.start_mark)
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted", event.start_mark)  # type: ignore[arg-type]  # the stubs split yaml.Mark in two
         self.depth += 1
         try:
             if self.depth > MAX_SPEC_DEPTH:
