@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (the main job on an embedded Ray) and `make test`.
+# The two commands of the README: `make demo` (the main job on an embedded Ray) and `make test`;
+# `make test-fast` (no Ray, nothing slow) and `make lint` (ruff, mypy) for development.
 # Each creates .venv with the pinned versions when it is missing.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DEMO_SPEC ?= examples/movielens-rating.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv smollm2 browser lint clean
+.PHONY: demo test test-fast venv smollm2 browser lint clean
 
 venv: $(STAMP)
 
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and exactly: its CPU build is the one a plain resolve would not pick.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test,lint]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -45,6 +46,15 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that start neither Ray nor a `prime-ray up` stack and take under a minute each.
+test-fast: $(STAMP) browser
+	$(BIN)/python -m pytest -m "not ray and not slow" $(PYTEST_ARGS)
+
+# Paths and settings are in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: $(STAMP)
+	$(BIN)/ruff check prime_ray tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .cache artifacts .pytest_cache

@@ -86,8 +86,8 @@ def main() -> None:
     for size in args.batch_sizes:
         prompts = all_prompts[:size]
         paths = {
-            "stock": lambda: stock_generate(engine, prompts, params),
-            "engine": lambda: sum(g.completion_tokens for g in engine.generate(prompts, params)),
+            "stock": lambda prompts=prompts: stock_generate(engine, prompts, params),
+            "engine": lambda prompts=prompts: sum(g.completion_tokens for g in engine.generate(prompts, params)),
         }
         figures = {}
         for name, run in paths.items():

@@ -117,8 +117,8 @@ def main() -> None:
         for round_ in range(args.rounds):
             for clients in args.clients:
                 requests = requests_for(users, clients * args.requests_per_client, args.max_new_tokens)
-                for side, run in (("served", lambda: run_served(served, requests, clients)),
-                                  ("engine", lambda: run_engine(engine_side, requests, clients))):
+                for side, run in (("served", lambda requests=requests, clients=clients: run_served(served, requests, clients)),
+                                  ("engine", lambda requests=requests, clients=clients: run_engine(engine_side, requests, clients))):
                     seconds, latencies = run()
                     if (side, clients) not in best or seconds < best[(side, clients)][0]:
                         best[(side, clients)] = (seconds, latencies, len(requests))

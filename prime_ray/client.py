@@ -21,16 +21,24 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
-from typing import Any, Iterator
 
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from prime_ray import spec as _spec
 from prime_ray.service.models import EventOut
-from prime_ray.serving.schemas import DeploymentOut, HistoryAppend, HistoryAppended, HistoryItemIn, PredictRequest, Prediction
+from prime_ray.serving.schemas import (
+    DeploymentOut,
+    HistoryAppend,
+    HistoryAppended,
+    HistoryItemIn,
+    Prediction,
+    PredictRequest,
+)
 from prime_ray.spec import JobSpec, SpecProblem
 
 __all__ = ["PrimeClient", "Job", "JobEvent", "PrimeError", "AuthError", "NotFound", "Conflict", "SpecError",
@@ -80,7 +88,7 @@ class SpecError(GatewayError, _spec.SpecError):
 class JobFailed(PrimeError):
     """A job ended failed or cancelled; `job` is its last state."""
 
-    def __init__(self, job: "Job"):
+    def __init__(self, job: Job):
         self.job = job
         super().__init__(f"job {job.id} {job.state}: {job.error or 'no error message'}")
 
@@ -110,7 +118,7 @@ class PrimeClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "PrimeClient":
+    def __enter__(self) -> PrimeClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -147,7 +155,7 @@ class PrimeClient:
 
     # ---------------------------------------------------------------------------------- jobs
 
-    def submit(self, spec: JobSpec | dict | str | Path, idempotency_key: str | None = None) -> "Job":
+    def submit(self, spec: JobSpec | dict | str | Path, idempotency_key: str | None = None) -> Job:
         """Create a job from a JobSpec, a spec document (dict) or a spec file (YAML or JSON)."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         if isinstance(spec, JobSpec):
@@ -164,10 +172,10 @@ class PrimeClient:
         kwargs.setdefault("headers", headers)
         return Job(self, self.request("POST", "/v1/jobs", **kwargs).json())
 
-    def get(self, job_id: str) -> "Job":
+    def get(self, job_id: str) -> Job:
         return Job(self, self.request("GET", f"/v1/jobs/{job_id}").json())
 
-    def list(self, state: str | None = None, limit: int | None = None) -> list["Job"]:
+    def list(self, state: str | None = None, limit: int | None = None) -> list[Job]:
         """Jobs, newest first (every page, or the first `limit` jobs); summaries without spec or progress."""
         jobs: list[Job] = []
         cursor = None
@@ -271,7 +279,7 @@ class Job:
     def done(self) -> bool:
         return self.state in TERMINAL
 
-    def refresh(self) -> "Job":
+    def refresh(self) -> Job:
         self.data = self.client.request("GET", f"/v1/jobs/{self.id}").json()
         return self
 
@@ -279,7 +287,7 @@ class Job:
         """The current state (queued, running, succeeded, failed, cancelled)."""
         return self.refresh().state
 
-    def cancel(self) -> "Job":
+    def cancel(self) -> Job:
         """Ask the gateway to stop the job; it becomes `cancelled` once Ray has stopped it."""
         self.data = self.client.request("POST", f"/v1/jobs/{self.id}/cancel").json()
         return self
@@ -300,7 +308,7 @@ class Job:
             if not page["events"]:
                 time.sleep(poll_s)
 
-    def wait(self, timeout: float | None = None, progress: bool = True, poll_s: float = 1.0) -> "Job":
+    def wait(self, timeout: float | None = None, progress: bool = True, poll_s: float = 1.0) -> Job:
         """Block until the job ends; raise JobFailed unless it succeeded, TimeoutError after `timeout` s.
 
         With `progress`, a bar per stage is drawn when the output is a terminal (silent otherwise).

@@ -6,9 +6,9 @@ Imports nothing else of prime-ray, so every layer can use it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import json
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -94,7 +94,7 @@ class RatingTask(_Strict):
     )
 
     @model_validator(mode="after")
-    def _range(self) -> "RatingTask":
+    def _range(self) -> RatingTask:
         if self.max <= self.min:
             raise ValueError(f"max ({self.max}) must be greater than min ({self.min})")
         return self
@@ -121,7 +121,7 @@ class RankingTask(_Strict):
         return ks
 
 
-TaskSpec = Annotated[Union[LabelTask, RatingTask, TextTask, RankingTask], Field(discriminator="kind")]
+TaskSpec = Annotated[LabelTask | RatingTask | TextTask | RankingTask, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -175,7 +175,7 @@ class ThreadsSource(_Strict):
 
 
 DataSource = Annotated[
-    Union[JsonlSource, MovieLensSource, LampSource, ThreadsSource], Field(discriminator="format")
+    JsonlSource | MovieLensSource | LampSource | ThreadsSource, Field(discriminator="format")
 ]
 
 
@@ -228,7 +228,7 @@ class DataSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _balance_needs_labels(self) -> "DataSpec":
+    def _balance_needs_labels(self) -> DataSpec:
         if self.balance_labels and self.task.kind != "label":
             raise ValueError(f"balance_labels needs a label task, got kind '{self.task.kind}'")
         return self
@@ -527,13 +527,14 @@ class JobSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _task_fits_source(self) -> "JobSpec":
+    def _task_fits_source(self) -> JobSpec:
         source, task = self.data.source, self.data.task
         if isinstance(source, MovieLensSource):
             wanted = "rating" if source.task == "rating" else "label"
             if task.kind != wanted:
                 raise ValueError(f"data.task.kind: MovieLens task '{source.task}' needs kind '{wanted}', got '{task.kind}'")
-            if source.task == "liked" and sorted(label.strip().lower() for label in task.labels) != ["no", "yes"]:
+            if (source.task == "liked" and isinstance(task, LabelTask)  # the kind check above made it one
+                    and sorted(label.strip().lower() for label in task.labels) != ["no", "yes"]):
                 raise ValueError(f"data.task.labels: MovieLens task 'liked' needs labels [yes, no], got {task.labels}")
             if source.min_like_rate_distance > 0 and source.task == "genre":
                 raise ValueError("data.source.min_like_rate_distance: needs ratings (task 'rating' or 'liked')")
@@ -691,7 +692,7 @@ class _SpecLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             # An alias lets a small document expand into a huge one; a spec never needs one.
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted", event.start_mark)
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted", event.start_mark)  # type: ignore[arg-type]  # the stubs split yaml.Mark in two
         self.depth += 1
         try:
             if self.depth > MAX_SPEC_DEPTH:

@@ -18,6 +18,13 @@ from prime_ray.paths import configure_environment  # noqa: E402
 configure_environment()
 
 
+def pytest_collection_modifyitems(config, items):
+    # `make test-fast` deselects `ray`: a test that starts the shared Ray must say so.
+    unmarked = [i.nodeid for i in items if "ray_local" in i.fixturenames and not i.get_closest_marker("ray")]
+    if unmarked:
+        raise pytest.UsageError(f"tests using ray_local must be marked @pytest.mark.ray: {unmarked}")
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray with 2 CPUs, shared by every test that needs one (starting Ray costs seconds)."""

@@ -5,7 +5,7 @@ import sys
 import jsonschema
 import pytest
 
-from prime_ray.spec import JobSpec, SpecError, load_spec, parse_spec, spec_json_schema
+from prime_ray.spec import SpecError, load_spec, parse_spec, spec_json_schema
 
 MINIMAL = {"name": "j1", "data": {"source": {"format": "jsonl", "path": "users.jsonl"}, "task": {"kind": "rating"}}}
 

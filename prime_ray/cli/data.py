@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from prime_ray.cli.text import err_console, say, typer_app
-
 from prime_ray.data.sources import SOURCE_FORMS, describe_source, load_source, parse_source_arg
 from prime_ray.data.stats import source_stats
 from prime_ray.data.validation import DataError, LoadResult
@@ -22,7 +20,7 @@ MAX_LISTED_OUTPUTS = 50
 SPEC_HELP = "A job spec: also check outputs against its task, and build MovieLens queries by its split."
 
 
-def _load(source_text: str, format: Optional[str], spec_path: Optional[Path]):
+def _load(source_text: str, format: str | None, spec_path: Path | None):
     err = err_console()
     try:
         source = parse_source_arg(source_text, format)
@@ -30,18 +28,18 @@ def _load(source_text: str, format: Optional[str], spec_path: Optional[Path]):
         loaded = load_source(source, spec.data if spec else None, seed=spec.seed if spec else 0)
     except SpecError as e:
         say(err, str(e))
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except (ValueError, DataError) as e:  # a source that cannot be named or read at all
         say(err, f"error: {e}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     return source, loaded
 
 
 @data_app.command("validate")
 def validate(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
-    spec: Optional[Path] = typer.Option(None, "--spec", help=SPEC_HELP),
+    format: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
 ) -> None:
     """List every bad row as FILE:LINE: FIELD: MESSAGE; exit 1 if there is any, 0 if none."""
     parsed, loaded = _load(source, format, spec)
@@ -56,8 +54,8 @@ def validate(
 @data_app.command("stats")
 def stats(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
-    spec: Optional[Path] = typer.Option(None, "--spec", help=SPEC_HELP),
+    format: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
 ) -> None:
     """Users, items (history + queries), and how they spread over users."""
     parsed, loaded = _load(source, format, spec)

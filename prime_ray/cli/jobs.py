@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from prime_ray.cli.text import err_console, out_console, plain, say, typer_app
+
+if TYPE_CHECKING:
+    from prime_ray.client import PrimeClient
 
 URL = typer.Option(None, "--url", help="Gateway URL [env PRIME_RAY_URL, http://127.0.0.1:8000].")
 API_KEY = typer.Option(None, "--api-key", help="API key [env PRIME_RAY_API_KEY].")
@@ -19,7 +23,7 @@ artifacts_app = typer_app(help="A job's artifact files: list, download.", no_arg
 
 
 @contextlib.contextmanager
-def _client(url: str | None, api_key: str | None) -> Iterator["PrimeClient"]:  # noqa: F821
+def _client(url: str | None, api_key: str | None) -> Iterator[PrimeClient]:
     """The SDK client; its errors end the command with a message instead of a traceback."""
     from prime_ray.client import JobFailed, PrimeClient, PrimeError, SpecError
 
@@ -31,22 +35,22 @@ def _client(url: str | None, api_key: str | None) -> Iterator["PrimeClient"]:  #
         say(err, plain(f"the gateway refused the request: {e.detail}", "red"))
         for problem in e.problems:
             say(err, f"  {problem}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except JobFailed as e:
         say(err, plain(str(e), "red"))
-        raise typer.Exit(130 if e.job.state == "cancelled" else 1)
+        raise typer.Exit(130 if e.job.state == "cancelled" else 1) from None
     except PrimeError as e:
         say(err, plain(str(e), "red"))
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 def submit(
     spec_path: Path = typer.Argument(..., help="A job spec (YAML or JSON)."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end: a live view of its stages on a "
                               "terminal, a line per event elsewhere; then its report and artifacts."),
-    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="Resubmitting with it returns the same job."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Resubmitting with it returns the same job."),
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Submit a job; prints its id (and follows it with --wait)."""
     with _client(url, api_key) as client:
@@ -59,8 +63,8 @@ def submit(
 def status(
     job_id: str = typer.Argument(...),
     as_json: bool = typer.Option(False, "--json", help="Print the gateway's JSON document."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """A job's state, current stage, progress per stage and metrics."""
     with _client(url, api_key) as client:
@@ -82,10 +86,10 @@ def status(
 
 
 def list_jobs(
-    state: Optional[str] = typer.Option(None, "--state", help="queued, running, succeeded, failed or cancelled."),
+    state: str | None = typer.Option(None, "--state", help="queued, running, succeeded, failed or cancelled."),
     limit: int = typer.Option(20, "--limit", min=1),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Jobs, newest first."""
     with _client(url, api_key) as client:
@@ -96,13 +100,13 @@ def list_jobs(
     out_console().print(table)
 
 
-def logs(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def logs(job_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """The Ray job's logs (the runner's output)."""
     with _client(url, api_key) as client:
         typer.echo(client.get(job_id).logs(), nl=False)
 
 
-def cancel(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def cancel(job_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """Cancel a job (it becomes cancelled once Ray has stopped it)."""
     with _client(url, api_key) as client:
         job = client.get(job_id).cancel()
@@ -110,7 +114,7 @@ def cancel(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key:
 
 
 @artifacts_app.command("list")
-def artifacts_list(job_id: str = typer.Argument(...), url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
+def artifacts_list(job_id: str = typer.Argument(...), url: str | None = URL, api_key: str | None = API_KEY) -> None:
     """A job's artifact files with their sizes."""
     with _client(url, api_key) as client:
         files = client.get(job_id).artifacts()
@@ -123,10 +127,10 @@ def artifacts_list(job_id: str = typer.Argument(...), url: Optional[str] = URL, 
 @artifacts_app.command("download")
 def artifacts_download(
     job_id: str = typer.Argument(...),
-    paths: Optional[list[str]] = typer.Argument(None, help="Artifact paths (default: all)."),
+    paths: list[str] | None = typer.Argument(None, help="Artifact paths (default: all)."),
     dest: Path = typer.Option(Path("."), "--dest", help="Folder to write into (relative paths are kept)."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Download a job's artifacts."""
     with _client(url, api_key) as client:

@@ -6,7 +6,6 @@ import json
 import logging
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,7 +26,7 @@ def _check_force(values: list[str]) -> list[str]:
 
 def run(
     spec_path: Path = typer.Argument(..., help="A job spec (YAML or JSON)."),
-    address: Optional[str] = typer.Option(
+    address: str | None = typer.Option(
         None, "--address", help="Ray address to join (default: the spec's resources.ray_address, else an embedded Ray)."
     ),
     force: list[str] = typer.Option(
@@ -52,7 +51,7 @@ def run(
         spec = load_spec(spec_path)
     except SpecError as e:
         say(err, str(e))
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     job_dir = JobArtifacts(spec.artifact_root, spec.name).job_dir
     with JobLogs(job_dir, verbose=verbose) as logs:
         console = logs.console

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -23,16 +23,16 @@ def _settings(**options: Any):
         return GatewaySettings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as e:
         say(err_console(), plain("invalid gateway settings: ", "red"), e)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def gateway(
-    host: Optional[str] = typer.Option(None, "--host", help="Listen address [env PRIME_RAY_HOST, 127.0.0.1]."),
-    port: Optional[int] = typer.Option(None, "--port", help="Listen port [env PRIME_RAY_PORT, 8000]."),
-    db_url: Optional[str] = DB_URL,
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray Jobs API URL [env PRIME_RAY_RAY_ADDRESS]."),
-    artifact_root: Optional[str] = typer.Option(None, "--artifact-root", help="Job artifacts [env PRIME_RAY_ARTIFACT_ROOT]."),
-    ray_token_file: Optional[str] = typer.Option(None, "--ray-token-file", help="Ray auth token [env PRIME_RAY_RAY_TOKEN_FILE]."),
+    host: str | None = typer.Option(None, "--host", help="Listen address [env PRIME_RAY_HOST, 127.0.0.1]."),
+    port: int | None = typer.Option(None, "--port", help="Listen port [env PRIME_RAY_PORT, 8000]."),
+    db_url: str | None = DB_URL,
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray Jobs API URL [env PRIME_RAY_RAY_ADDRESS]."),
+    artifact_root: str | None = typer.Option(None, "--artifact-root", help="Job artifacts [env PRIME_RAY_ARTIFACT_ROOT]."),
+    ray_token_file: str | None = typer.Option(None, "--ray-token-file", help="Ray auth token [env PRIME_RAY_RAY_TOKEN_FILE]."),
 ) -> None:
     """Serve the REST API (jobs, events, logs, artifacts) and follow jobs on Ray."""
     import logging
@@ -49,7 +49,7 @@ def gateway(
 def keys_create(
     read_only: bool = typer.Option(False, "--read-only", help="May read jobs, but not create or cancel them."),
     name: str = typer.Option("", "--name", help="A label to recognize the key by."),
-    db_url: Optional[str] = DB_URL,
+    db_url: str | None = DB_URL,
 ) -> None:
     """Create a key and print it (once: only its hash is stored)."""
     from prime_ray.service.db import open_database
@@ -62,7 +62,7 @@ def keys_create(
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="The key id (`prime-ray keys list`)."), db_url: Optional[str] = DB_URL) -> None:
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id (`prime-ray keys list`)."), db_url: str | None = DB_URL) -> None:
     """Revoke a key: requests with it get 401 from now on."""
     from prime_ray.service.db import open_database
     from prime_ray.service.keys import revoke_key
@@ -74,7 +74,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id (`prime-ray k
 
 
 @keys_app.command("list")
-def keys_list(db_url: Optional[str] = DB_URL) -> None:
+def keys_list(db_url: str | None = DB_URL) -> None:
     """List keys (ids, names, access, state); never the keys themselves."""
     from prime_ray.service.db import open_database
     from prime_ray.service.keys import list_keys
@@ -87,7 +87,7 @@ def keys_list(db_url: Optional[str] = DB_URL) -> None:
 
 
 def up(
-    port: Optional[int] = typer.Option(None, "--port", help="Gateway port [env PRIME_RAY_PORT, 8000; 0: a free one]."),
+    port: int | None = typer.Option(None, "--port", help="Gateway port [env PRIME_RAY_PORT, 8000; 0: a free one]."),
     num_cpus: int = typer.Option(2, "--num-cpus", min=1, help="CPUs of the local Ray head."),
 ) -> None:
     """Start a local Ray head (Jobs API) and the gateway on loopback, in the background.
@@ -99,7 +99,7 @@ def up(
         result = stack.up(_settings(port=port), num_cpus=num_cpus)
     except (RuntimeError, TimeoutError) as e:
         say(err_console(), plain("prime-ray up failed: ", "red"), e)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console = out_console()
     say(console, f"gateway {'already running' if result.reused else 'started'}: {result.url}")
     say(console, f"ray head {'already running' if result.ray_reused else 'started'}: {result.state['ray']['temp_dir']} "

@@ -29,7 +29,7 @@ def validate(path: Path = typer.Argument(..., help="A spec file (YAML or JSON)."
         say(err, plain(f"{path}: {len(e.problems)} problem(s)", "red"))
         for problem in e.problems:
             say(err, f"  {problem}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"{path}: valid (job '{spec.name}')")
 
 

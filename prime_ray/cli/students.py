@@ -11,7 +11,6 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -29,13 +28,13 @@ def ask(
     text: str = typer.Argument(..., metavar="INPUT", help="The input to answer for the user."),
     user: str = typer.Option(..., "--user", "-u", help="The user whose memory is used."),
     adapter: str = typer.Option("prime", "--adapter", "-a", help="prime, fast or generalist."),
-    mode: Optional[str] = typer.Option(None, "--mode", "-m", help="personal-think (default), direct, think."),
-    history: Optional[Path] = typer.Option(None, "--history", help="A new user's history: JSON list of "
+    mode: str | None = typer.Option(None, "--mode", "-m", help="personal-think (default), direct, think."),
+    history: Path | None = typer.Option(None, "--history", help="A new user's history: JSON list of "
                                                                    "{input, output} items."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the job's eval setting."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Default: the job's eval setting."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole answer as JSON."),
-    url: Optional[str] = URL,
-    api_key: Optional[str] = API_KEY,
+    url: str | None = URL,
+    api_key: str | None = API_KEY,
 ) -> None:
     """Ask a trained student about a user: its reasoning, its answer, and the memory it was given."""
     from prime_ray.serving.schemas import HistoryItemIn, PredictRequest
@@ -47,7 +46,7 @@ def ask(
             items = [HistoryItemIn.model_validate(i) for i in json.loads(history.read_text())]
         except (OSError, ValueError) as e:
             say(err, plain(f"{history}: not a JSON list of history items: {e}", "red"))
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     if _is_job_dir(job):
         from prime_ray.serving.student import ServedStudent, ServingError
 
@@ -57,7 +56,7 @@ def ask(
                                                        history=items, max_new_tokens=max_new_tokens)])
         except ServingError as e:
             say(err, plain(e.detail, "red"))
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         finally:
             student.close()
     else:
@@ -74,8 +73,8 @@ def ask(
         say(out, plain("profile: ", "dim"), answer.profile)
     if answer.episodes:
         table = Table("episode", "input", "output", "score", title="memory given", title_justify="left")
-        for e in answer.episodes:
-            table.add_row(plain(e.id), plain(e.input), plain(e.output), f"{e.score:.2f}")
+        for episode in answer.episodes:
+            table.add_row(plain(episode.id), plain(episode.input), plain(episode.output), f"{episode.score:.2f}")
         out.print(table)
     if answer.trace:
         say(out, plain("thinking: ", "dim"), answer.trace)

@@ -20,12 +20,13 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
 
 from prime_ray.cli.text import plain, say
@@ -213,12 +214,12 @@ class EventFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="prime-ray-events", daemon=True)
 
-    def __enter__(self) -> "EventFollower":
+    def __enter__(self) -> EventFollower:
         self._thread.start()
         return self
 
     def _drain(self) -> None:
-        for self.offset, event in self._read(self.path, self.offset):
+        for self.offset, event in self._read(self.path, self.offset):  # noqa: B020 - the iterable is built once
             self.view(event)
 
     def _loop(self) -> None:
@@ -299,7 +300,7 @@ class JobLogs:
         self.start = 0
         self.console = Console(highlight=False)
 
-    def __enter__(self) -> "JobLogs":
+    def __enter__(self) -> JobLogs:
         if self.verbose:
             return self
         try:

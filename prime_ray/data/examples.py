@@ -29,8 +29,9 @@ does not matter.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from prime_ray.data.schema import Example, Item, Query, UserRecord
 from prime_ray.evaluation.metrics import normalize_label

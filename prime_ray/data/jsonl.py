@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prime_ray.data.text import text_lines
 from prime_ray.data.validation import DataError, LoadResult, RowValidator

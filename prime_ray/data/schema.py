@@ -75,7 +75,7 @@ class Query(_Row):
 class Item(Query):
     """A past item of a user's history (or a labelled query): its output is known."""
 
-    output: str = Field(..., description="The user's output: a rating, a label, a text, or the chosen candidate.")  # type: ignore[assignment]
+    output: str = Field(..., description="The user's output: a rating, a label, a text, or the chosen candidate.")
 
 
 class UserRecord(_Row):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from prime_ray.data.schema import UserRecord
 
@@ -17,7 +17,7 @@ class Spread:
     max: int
 
     @classmethod
-    def of(cls, values: Sequence[int]) -> "Spread":
+    def of(cls, values: Sequence[int]) -> Spread:
         return cls(min(values), statistics.median(values), max(values)) if values else cls(0, 0, 0)
 
     def __str__(self) -> str:

@@ -8,8 +8,8 @@ because their fields differ between sources and Parquet columns need one type.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq

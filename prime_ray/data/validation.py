@@ -10,8 +10,9 @@ and item ids), and, when a task is given, whether each output fits it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -88,7 +89,7 @@ _EXPECTED = {
 }
 
 
-def describe_error(error: dict[str, Any]) -> tuple[str, str]:
+def describe_error(error: Mapping[str, Any]) -> tuple[str, str]:
     """A pydantic error as (dotted field path, message in the words of the data's author)."""
     path = ".".join(str(p) for p in error["loc"])
     kind = error["type"]

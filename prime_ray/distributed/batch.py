@@ -31,16 +31,17 @@ import inspect
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import ray
 from pydantic import BaseModel
 
 from prime_ray.distributed.serve import GeneralistHandle, start_generalist, stop_generalist
-from prime_ray.spec import JobSpec
 from prime_ray.files import atomic_write
+from prime_ray.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class UserWorker(Protocol):
 def check_worker(worker_cls: Any, config: Any, rows: Sequence[Any] = ()) -> None:
     """Raise `WorkerContractError` naming what `worker_cls`, `config` or a row lacks."""
     name = getattr(worker_cls, "__qualname__", repr(worker_cls))
-    if not isinstance(worker_cls, type) or not callable(getattr(worker_cls, "__call__", None)):
+    if not isinstance(worker_cls, type) or not callable(getattr(worker_cls, "__call__", None)):  # noqa: B004
         raise WorkerContractError(f"{name}: a worker must be a class with __call__(rows) -> rows")
     config_type = getattr(worker_cls, "config_type", None)
     if not (isinstance(config_type, type) and issubclass(config_type, BaseModel)):
@@ -199,7 +200,7 @@ class GeneralistMap:
         self.spec, self.app_name, self.adapter_path = spec, app_name, adapter_path
         self.handle: GeneralistHandle | None = None
 
-    def __enter__(self) -> "GeneralistMap":
+    def __enter__(self) -> GeneralistMap:
         try:
             self.handle = start_generalist(self.spec, app_name=self.app_name, adapter_path=self.adapter_path)
         except BaseException:

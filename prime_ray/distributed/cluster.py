@@ -48,7 +48,7 @@ def _keep_driver_sigint() -> None:
     the job whatever the stage), so the trainer's handler is not registered."""
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    DataParallelTrainer._register_sigint_handler = _no_sigint_handler
+    DataParallelTrainer._register_sigint_handler = _no_sigint_handler  # type: ignore[method-assign]  # a deliberate patch
 
 
 def _no_sigint_handler(self, controller) -> None:  # noqa: ARG001

@@ -23,7 +23,8 @@ import logging
 import math
 import os
 from collections import defaultdict, deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict
@@ -187,7 +188,7 @@ class GeneralistHandle:
         self.app_name = app_name
 
     @classmethod
-    def connect(cls, app_name: str = "generalist") -> "GeneralistHandle":
+    def connect(cls, app_name: str = "generalist") -> GeneralistHandle:
         """The handle of a running app (e.g. from a Ray Data worker)."""
         return cls(serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name), app_name)
 

@@ -25,8 +25,9 @@ import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -35,7 +36,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from prime_ray.engine.base import Generation
-from prime_ray.serving.schemas import HistoryAppend, HistoryAppended, PredictRequest, Prediction, StudentInfo
+from prime_ray.serving.schemas import HistoryAppend, HistoryAppended, Prediction, PredictRequest, StudentInfo
 from prime_ray.serving.student import Prepared, ServedStudent, ServingError
 from prime_ray.spec import GeneralistSpec, load_spec
 
@@ -159,7 +160,7 @@ class StudentHandle:
         self._handle, self.job_id = handle, job_id
 
     @classmethod
-    def connect(cls, job_id: str) -> "StudentHandle":
+    def connect(cls, job_id: str) -> StudentHandle:
         return cls(serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name(job_id)), job_id)
 
     def predict(self, requests: list[PredictRequest]) -> list[Prediction]:

@@ -25,9 +25,10 @@ import gc
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ray
 import ray.train
@@ -138,7 +139,7 @@ def train_students(
         _train_loop,
         train_loop_config={"loop": loop_config},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[call-arg]  # ray.train exports the v2 RunConfig at run time, v1 statically
             name=RUN_NAME,
             storage_path=str(Path(train_dir).resolve() / "checkpoints"),
             failure_config=FailureConfig(max_failures=train.max_failures),

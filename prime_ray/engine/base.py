@@ -43,7 +43,7 @@ class GenerationEngine(abc.ABC):
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """Sum of log p(continuation tokens | prompt) for each pair, in nats."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook
         """Free the model (GPU memory)."""
 
 

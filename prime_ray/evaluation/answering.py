@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,10 +25,15 @@ from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory
 from prime_ray.models.parser import parse_output
 from prime_ray.models.prompts import (
-    ANSWER_PREFIX, THINK_CLOSE, THINK_MODES, THINK_OPEN, completion_text, generation_prefix, render_prompt,
+    ANSWER_PREFIX,
+    THINK_CLOSE,
+    THINK_MODES,
+    THINK_OPEN,
+    completion_text,
+    generation_prefix,
+    render_prompt,
 )
 from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, derive_seed
-
 
 # Each mode is a model (None: the generalist; else the student whose adapter it loads) and a prompt mode.
 MODES: dict[EvalMode, tuple[str | None, PromptMode]] = {

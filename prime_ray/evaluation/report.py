@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -329,7 +330,8 @@ def plot_report(report: Report, path: Path) -> None:
     x = np.arange(len(modes))
     for ax, (name, group) in zip(axes[:2], panels):
         for j, split in enumerate(splits):
-            values, errors = [], [[], []]
+            values: list[float] = []
+            errors: list[list[float]] = [[], []]
             for mode in modes:
                 result = report.result(split, mode)
                 metric = getattr(result, group).get(name, MetricValue(None)) if result else MetricValue(None)

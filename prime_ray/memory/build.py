@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from prime_ray.data.schema import Example, UserRecord
 from prime_ray.memory.retrieval import Retriever

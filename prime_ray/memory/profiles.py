@@ -7,7 +7,8 @@ are cached per user in the memory table (every example of a user shares it).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 

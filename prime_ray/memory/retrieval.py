@@ -14,8 +14,9 @@ most useful items there are, in a deterministic order.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class Retriever:
         if name == "embedding" and encoder is None:
             self._encoder = load_minilm_encoder()
 
-    def index(self, history: Sequence[Item]) -> "UserRetrieval":
+    def index(self, history: Sequence[Item]) -> UserRetrieval:
         return UserRetrieval(history, self._build(history) if history else None)
 
     def _build(self, history: Sequence[Item]) -> UserIndex:

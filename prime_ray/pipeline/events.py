@@ -6,11 +6,11 @@ local or shared POSIX filesystem); the CLI and the gateway read it to show progr
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -57,7 +57,7 @@ class EventLog:
             self.listener(event)
         return event
 
-    def for_stage(self, stage: str) -> "StageProgress":
+    def for_stage(self, stage: str) -> StageProgress:
         return StageProgress(self, stage)
 
 

@@ -23,9 +23,10 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from prime_ray import __version__
 from prime_ray.pipeline.artifacts import JobArtifacts

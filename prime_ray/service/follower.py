@@ -171,7 +171,7 @@ class Follower:
         # Status first, events second: once Ray says the job ended, its events file is complete.
         progress = JobProgress.of(job.stage, job.progress, job.metrics, job.error)
         offset = job.events_offset
-        for offset, event in read_events(events_path(self.settings, job.id), job.events_offset):
+        for offset, event in read_events(events_path(self.settings, job.id), job.events_offset):  # noqa: B007 - the last offset is kept
             progress.apply(event)
         state = _STATE_OF_RAY.get(info.status, JobState(job.state))
         if state is JobState.queued:  # PENDING: nothing to move (a job never goes back to queued)

@@ -68,7 +68,7 @@ class JobSummary(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
 
     @classmethod
-    def of(cls, row: JobRow, **extra: Any) -> "JobSummary":
+    def of(cls, row: JobRow, **extra: Any) -> JobSummary:
         return cls(
             id=row.id, name=row.name, state=JobState(row.state), stage=row.stage,
             cancel_requested=row.cancel_requested, error=row.error, created_at=row.created_at,
@@ -95,7 +95,7 @@ class JobOut(JobSummary):
     }]})
 
     @classmethod
-    def of(cls, row: JobRow) -> "JobOut":
+    def of(cls, row: JobRow) -> JobOut:
         return super().of(
             row,
             progress={k: StageProgressOut.model_validate(v) for k, v in (row.progress or {}).items()},

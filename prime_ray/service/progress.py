@@ -25,7 +25,7 @@ class JobProgress:
     error: str | None = None
 
     @classmethod
-    def of(cls, stage: str | None, progress: dict, metrics: dict, error: str | None) -> "JobProgress":
+    def of(cls, stage: str | None, progress: dict, metrics: dict, error: str | None) -> JobProgress:
         # Copies: the row's JSON values are replaced as a whole, so the ORM sees the change.
         return cls(stage, copy.deepcopy(progress or {}), copy.deepcopy(metrics or {}), error)
 

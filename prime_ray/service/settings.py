@@ -71,7 +71,7 @@ class GatewaySettings(BaseSettings):
     predict_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a served student's answer.")
 
     @model_validator(mode="after")
-    def _lease_outlasts_polls(self) -> "GatewaySettings":
+    def _lease_outlasts_polls(self) -> GatewaySettings:
         if self.lease_s < 2 * self.poll_interval_s:
             raise ValueError(f"lease_s ({self.lease_s}) must be at least twice poll_interval_s "
                              f"({self.poll_interval_s}): leases are renewed once per poll")

@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from prime_ray.data.schema import Item, UserRecord
 from prime_ray.data.store import read_examples, read_users
@@ -147,7 +147,8 @@ class ServingMemory:
     def next_ids(self, user_id: str, count: int) -> list[str]:
         """Fresh item ids (`added-<n>`) for appended items that came without one."""
         taken = {item.id for item in self.state(user_id).history}
-        out, n = [], len(taken)
+        out: list[str] = []
+        n = len(taken)
         while len(out) < count:
             n += 1
             if f"added-{n}" not in taken:

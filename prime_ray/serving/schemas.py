@@ -10,8 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prime_ray.data.schema import Item
-
 # The adapters a served job offers: its two students and the bare base model.
 GENERALIST = "generalist"
 ADAPTERS = ("prime", "fast", GENERALIST)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from prime_ray.data.schema import Item
 from prime_ray.engine.base import Generation, SamplingParams, create_engine
@@ -39,8 +40,8 @@ from prime_ray.serving.schemas import (
     HistoryAppend,
     HistoryAppended,
     HistoryItemIn,
-    PredictRequest,
     Prediction,
+    PredictRequest,
     StudentInfo,
 )
 from prime_ray.spec import JobSpec, PromptMode, SpecProblem, load_spec
@@ -115,7 +116,7 @@ class ServedStudent:
         self._engine_lock = threading.Lock()  # one engine call at a time: adapters are switched on the model
 
     @classmethod
-    def load(cls, job_dir: str | Path, **kwargs: Any) -> "ServedStudent":
+    def load(cls, job_dir: str | Path, **kwargs: Any) -> ServedStudent:
         """The student of the job whose artifact folder is `job_dir` (it holds the job's spec.json)."""
         job_dir = Path(job_dir)
         if not (job_dir / "spec.json").is_file():

@@ -19,7 +19,6 @@ import numpy as np
 
 from prime_ray.evaluation.metrics import (
     MetricValue,
-    Outcome,
     correct_labels,
     hits,
     macro_f1,
@@ -57,7 +56,7 @@ def _most_frequent(values: Sequence[str], key=lambda v: v) -> str | None:
     if not values:
         return None
     counts = Counter(key(v) for v in values)
-    first = {}
+    first: dict = {}
     for v in values:
         first.setdefault(key(v), v)
     best = min(counts, key=lambda k: (-counts[k], k))

@@ -17,7 +17,7 @@ ones the spec turns on.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from prime_ray.evaluation.metrics import repetition_rate, words
 from prime_ray.spec import TaskSpec, TraceFilters

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -67,7 +68,8 @@ def trace_stats(rows: Sequence[dict[str, Any]], task: TaskSpec, filters: TraceFi
 def gains_of_file(path: str | Path) -> dict[str, dict[str, float | int | None]]:
     """The gain distributions of a traces file's kept and rejected traces (those generated and scored)."""
     table = pq.read_table(path, columns=["raw_text", "kept", "likelihood_gain"])
-    kept, rejected = [], []
+    kept: list[float] = []
+    rejected: list[float] = []
     for row in table.to_pylist():
         if row["raw_text"] is not None and row["likelihood_gain"] is not None:
             (kept if row["kept"] else rejected).append(row["likelihood_gain"])

@@ -9,8 +9,8 @@ attend to each other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -43,7 +43,7 @@ class Batch:
             inputs["attention_mask"] = self.attention_mask
         return inputs
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Batch(move(self.input_ids), move(self.labels), move(self.terms), move(self.position_ids),
                      move(self.attention_mask), self.tokens)

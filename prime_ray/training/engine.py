@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -74,10 +75,10 @@ class StepStats:
     seconds: float  # wall time of the step on this rank
 
 
-ENGINE_BACKENDS: dict[str, type["TrainEngine"]] = {}
+ENGINE_BACKENDS: dict[str, type[TrainEngine]] = {}
 
 
-def register_backend(name: Backend) -> Callable[[type["TrainEngine"]], type["TrainEngine"]]:
+def register_backend(name: Backend) -> Callable[[type[TrainEngine]], type[TrainEngine]]:
     def register(cls: type[TrainEngine]) -> type[TrainEngine]:
         ENGINE_BACKENDS[name] = cls
         return cls
@@ -85,7 +86,7 @@ def register_backend(name: Backend) -> Callable[[type["TrainEngine"]], type["Tra
     return register
 
 
-def create_train_engine(config: EngineConfig, model: torch.nn.Module | None = None) -> "TrainEngine":
+def create_train_engine(config: EngineConfig, model: torch.nn.Module | None = None) -> TrainEngine:
     """The engine of `config.backend`, over `model` (a transformers causal LM; loaded from
     `config.model` in float32 on CPU when None). Raises ValueError for an unknown backend."""
     if config.backend not in ENGINE_BACKENDS:
@@ -162,7 +163,7 @@ class TrainEngine(ABC):
         for p in self.module.parameters():
             numel = getattr(p, "ds_numel", p.numel())
             full += numel
-            local += p.ds_tensor.numel() if hasattr(p, "ds_numel") else numel
+            local += p.ds_tensor.numel() if hasattr(p, "ds_numel") else numel  # type: ignore[attr-defined]  # set by ZeRO-3
         return local / max(full, 1)
 
     # ------------------------------------------------------------------------------ the step
@@ -213,7 +214,7 @@ class TrainEngine(ABC):
             seconds=time.perf_counter() - started,
         )
 
-    def _check_micro_batches(self, count: int) -> None:
+    def _check_micro_batches(self, count: int) -> None:  # noqa: B027 - an optional hook
         pass
 
     def _all_reduce(self, values: Sequence[float]) -> list[float]:
@@ -297,7 +298,7 @@ class TorchEngine(TrainEngine):
 
     def export_adapter(self, target: Path) -> None:
         if self.rank == 0:
-            self.module.save_pretrained(target, state_dict=self._adapter_state())
+            self.module.save_pretrained(target, state_dict=self._adapter_state())  # type: ignore[arg-type]  # any path
 
 
 @register_backend("deepspeed")
@@ -359,4 +360,4 @@ class DeepSpeedEngine(TrainEngine):
         # Under ZeRO-3 each rank holds a partition: gather the full adapter on every rank first.
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.config.train.zero_stage == 3):
             if self.rank == 0:
-                self.module.save_pretrained(target, state_dict=self._adapter_state())
+                self.module.save_pretrained(target, state_dict=self._adapter_state())  # type: ignore[arg-type]  # any path

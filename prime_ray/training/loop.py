@@ -7,8 +7,9 @@ checkpoints to Ray; a test can run it in one process with any hooks.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from prime_ray.training.collate import collate_rows
 from prime_ray.training.engine import StepStats, TrainEngine

@@ -33,7 +33,7 @@ class TokenCounts:
     direct: int
     think: int
 
-    def __add__(self, other: "TokenCounts") -> "TokenCounts":
+    def __add__(self, other: TokenCounts) -> TokenCounts:
         return TokenCounts(self.direct + other.direct, self.think + other.think)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from prime_ray.spec import TrainSpec, derive_seed
 from prime_ray.training.collate import Row

@@ -20,8 +20,9 @@ Sequences become batches in `collate.py`; `plan.py` decides which sequences each
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Protocol, Sequence
+from typing import Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
 

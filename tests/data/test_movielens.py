@@ -5,8 +5,8 @@ import shutil
 import pytest
 
 from prime_ray.data.adapters.movielens import GENRES, fetch_movielens, read_movielens
-from prime_ray.data.validation import DataError
 from prime_ray.data.sources import load_source
+from prime_ray.data.validation import DataError
 from prime_ray.spec import LabelTask, MovieLensSource, SplitSpec
 
 

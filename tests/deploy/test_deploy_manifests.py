@@ -17,13 +17,14 @@ import importlib.util
 import json
 import re
 import shlex
-import tomllib
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
 from prime_ray.service.settings import GatewaySettings
@@ -299,7 +300,7 @@ def test_serve_configs_validate_and_agree():
     from ray.serve.schema import ServeDeploySchema
 
     (_, file_config), (_, service_config) = configs = _serve_configs()
-    for where, config in configs:
+    for _where, config in configs:
         ServeDeploySchema.model_validate(config)
     assert service_config == file_config, "RayService serveConfigV2 differs from deploy/serve/generalist.yaml"
 

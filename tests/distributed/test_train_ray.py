@@ -28,12 +28,12 @@ from prime_ray.pipeline.events import EventLog, read_events
 from prime_ray.pipeline.manifest import output_digests
 from prime_ray.pipeline.stage import StageContext
 from prime_ray.spec import ModelSpec, TrainSpec, parse_spec
+from prime_ray.traces.store import write_traces
 from prime_ray.training.artifacts import adapter_dir, merged_dir, read_metrics
 from prime_ray.training.collate import collate_rows
 from prime_ray.training.engine import EngineConfig, create_train_engine
 from prime_ray.training.plan import step_plan
 from prime_ray.training.sequences import IGNORE_INDEX, TrainSequence
-from prime_ray.traces.store import write_traces
 
 pytestmark = pytest.mark.ray
 

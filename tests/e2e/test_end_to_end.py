@@ -71,7 +71,7 @@ def test_every_stage_runs_writes_its_artifacts_and_resumes(ray_local, tmp_path):
     assert report["splits"] == ["test_query", "test_user"]
     for split in report["splits"]:
         n = sum(e["split"] == split for e in examples)
-        for mode, numbers in report["results"][split].items():
+        for _mode, numbers in report["results"][split].items():
             assert numbers["n"] == n
             assert set(numbers["metrics"]) == {"mae", "rmse", "accuracy"}
             mae = numbers["metrics"]["mae"]["value"]

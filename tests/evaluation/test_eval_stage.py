@@ -7,7 +7,15 @@ import pytest
 
 from prime_ray.data.schema import Example
 from prime_ray.engine.base import Generation
-from prime_ray.evaluation.answering import MODES, AnswerConfig, AnswerUser, Generated, answer_outcome, plan_modes, select_examples
+from prime_ray.evaluation.answering import (
+    MODES,
+    AnswerConfig,
+    AnswerUser,
+    Generated,
+    answer_outcome,
+    plan_modes,
+    select_examples,
+)
 from prime_ray.spec import EvalMode, PromptMode, RankingTask, RatingTask, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from prime_ray.models import loading
-from prime_ray.models.loading import ModelNotAvailableError, load_model, load_tokenizer, resolve_dtype, resolve_model_path
+from prime_ray.models.loading import (
+    ModelNotAvailableError,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_path,
+)
 from prime_ray.spec import ModelSpec
 
 TINY = ModelSpec(name_or_path="tiny-test")

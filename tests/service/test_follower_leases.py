@@ -13,8 +13,8 @@ from collections import Counter
 from sqlalchemy import update
 
 from prime_ray.distributed.jobs import RayJobInfo, RayRefused
-from prime_ray.service.db import JobRow, open_database, utcnow
 from prime_ray.service import follower as follower_module
+from prime_ray.service.db import JobRow, open_database, utcnow
 from prime_ray.service.follower import Follower
 from prime_ray.service.settings import GatewaySettings
 from prime_ray.service.store import JobStore

@@ -142,7 +142,7 @@ def test_events_fold_into_stage_progress_and_metrics(tmp_path):
     log.emit("progress", "memory", done=3, total=10, metrics={"users_per_s": 2.5})
     progress = JobProgress()
     offset = 0
-    for offset, event in read_events(log.path):
+    for offset, event in read_events(log.path):  # noqa: B007 - the last offset is kept
         progress.apply(event)
     assert progress.stage == "memory"
     assert progress.progress["ingest"]["state"] == "skipped" and progress.metrics["ingest"] == {"users": 8}
@@ -152,7 +152,7 @@ def test_events_fold_into_stage_progress_and_metrics(tmp_path):
     log.emit("stage_finished", "memory", metrics={"users": 8, "seconds": 1.5})
     log.emit("stage_started", "traces")
     log.emit("stage_failed", "traces", message="RuntimeError: replica died")
-    for offset, event in read_events(log.path, offset):  # only the new lines
+    for offset, event in read_events(log.path, offset):  # noqa: B007, B020 - only the new lines
         progress.apply(event)
     assert progress.progress["memory"]["done"] == 10 and progress.progress["memory"]["state"] == "finished"
     assert progress.progress["traces"]["state"] == "failed"

@@ -34,9 +34,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from prime_ray.data.schema import INT64_MAX, INT64_MIN, Item, UserRecord
 from prime_ray.data.text import not_utf8, text_lines

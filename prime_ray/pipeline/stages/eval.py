@@ -36,7 +36,14 @@ from prime_ray.evaluation.answering import (
     prompt_row,
     select_examples,
 )
-from prime_ray.evaluation.report import REPORT_FILES, ModeResult, Report, reference_results, summarize_mode, write_report
+from prime_ray.evaluation.report import (
+    REPORT_FILES,
+    ModeResult,
+    Report,
+    reference_results,
+    summarize_mode,
+    write_report,
+)
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory, read_memory
 from prime_ray.models.loading import load_tokenizer
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
@@ -132,7 +139,7 @@ class EvalStage(Stage):
 
     @staticmethod
     def _generate(ctx: StageContext, student: str | None, modes: list[EvalMode], examples: list[Example],
-                  memory: dict[str, ExampleMemory], tokenizer, progress: "_Progress",
+                  memory: dict[str, ExampleMemory], tokenizer, progress: _Progress,
                   adapter: Path | None) -> dict[tuple[str, str], Generated]:
         """(mode, example_id) -> output, for every example in every mode of one model (G, or G + the
         student's adapter): one Serve app, and all the modes' prompts of a user in one worker call.

@@ -48,6 +48,7 @@ class TrainStage(Stage):
         from prime_ray.distributed.train import StudentRun, train_students
         from prime_ray.memory.store import MEMORY_FILE, read_memory
         from prime_ray.models.loading import load_tokenizer
+        from prime_ray.traces.store import TRACES_FILE, read_kept_traces
         from prime_ray.training.artifacts import (
             CURVES_FILE,
             METRICS_FILE,
@@ -59,7 +60,6 @@ class TrainStage(Stage):
         from prime_ray.training.lora import merge_adapter
         from prime_ray.training.plan import step_plan
         from prime_ray.training.sequences import SequenceBuilder
-        from prime_ray.traces.store import TRACES_FILE, read_kept_traces
 
         spec = ctx.spec
         # The job seed and the train seed together decide the data order and the LoRA initialization.

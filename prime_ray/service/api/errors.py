@@ -12,8 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prime_ray.service.db import DatabaseUnavailable
 from prime_ray.service.models import ErrorOut
-from prime_ray.spec import SpecProblem
 from prime_ray.service.validation import ApiError, printable  # noqa: F401 - ApiError is raised by the routes
+from prime_ray.spec import SpecProblem
 
 log = logging.getLogger("prime_ray.gateway")
 

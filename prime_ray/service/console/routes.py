@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from prime_ray.pipeline.events import read_events
+
 # The API's own helpers, so the console parses specs and serves files exactly as the REST API does.
 from prime_ray.service.api.routes.artifacts import _artifact_files, confined
 from prime_ray.service.api.routes.jobs import _stream_events
@@ -108,7 +109,7 @@ def _job_percent(row: Any) -> int:
 def _recent_events(path: Path) -> tuple[list[Any], int]:
     tail: collections.deque = collections.deque(maxlen=EVENTS_SHOWN)
     cursor = 0
-    for cursor, event in read_events(path):
+    for cursor, event in read_events(path):  # noqa: B007 - the last cursor is kept
         tail.append(event)
     return list(tail), cursor
 

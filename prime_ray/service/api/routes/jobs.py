@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
-import yaml
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from sse_starlette.sse import EventSourceResponse
@@ -21,8 +20,8 @@ from prime_ray.service.follower import events_path
 from prime_ray.service.models import EventOut, EventPage, JobList, JobOut, JobSummary
 from prime_ray.service.states import IllegalTransition, JobState
 from prime_ray.service.store import BadCursor, IdempotencyConflict, JobStore
-from prime_ray.spec import JobSpec, SpecError, SpecProblem, parse_spec
 from prime_ray.service.validation import MAX_OFFSET, event_cursor, parse_spec_body
+from prime_ray.spec import JobSpec, SpecProblem
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 import uuid
-
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -30,12 +30,11 @@ from prime_ray.serving.schemas import (
     ChatCompletionRequest,
     ModelCard,
     ModelList,
-    PredictRequest,
     Prediction,
+    PredictRequest,
     Usage,
 )
 from prime_ray.spec import SpecProblem
-
 
 
 class OpenAIErrors(APIRoute):

@@ -12,9 +12,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prime_ray.distributed.jobs import RayRefused, RayUnavailable
 from prime_ray.service.api.deps import RayDep, SessionsDep, require_key
 from prime_ray.service.api.errors import errors
+from prime_ray.service.db import check_database
 from prime_ray.service.models import HealthOut, ReadyOut
 from prime_ray.service.store import JobStore
-from prime_ray.service.db import check_database
 
 router = APIRouter(tags=["service"])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
 from prime_ray.distributed.jobs import RayRefused, RayUnavailable
 from prime_ray.service.api.deps import DeploymentsDep, JobDep, SucceededJobDep, WriterDep
@@ -16,8 +15,8 @@ from prime_ray.serving.schemas import (
     DeploymentOut,
     HistoryAppend,
     HistoryAppended,
-    PredictRequest,
     Prediction,
+    PredictRequest,
 )
 from prime_ray.spec import SpecProblem
 
