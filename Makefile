@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DEMO_SPEC ?= examples/movielens-rating.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv smollm2 browser lint clean
+.PHONY: demo test test-fast venv smollm2 browser lint typecheck clean
 
 venv: $(STAMP)
 
@@ -51,9 +51,12 @@ test: $(STAMP) browser
 test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -m "not ray and not slow" $(PYTEST_ARGS)
 
-# Paths and settings are in pyproject.toml ([tool.ruff], [tool.mypy]).
+# Paths and settings are in pyproject.toml ([tool.ruff], [tool.mypy]). `lint` (ruff) is clean and CI
+# enforces it; `typecheck` (mypy) still reports errors in older modules and is not enforced yet.
 lint: $(STAMP)
 	$(BIN)/ruff check prime_ray tests benchmarks
+
+typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:

@@ -21,19 +21,19 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
+from prime_ray.distributed.jobs import RayRefused, RayUnavailable
 from prime_ray.pipeline.events import read_events
 
 # The API's own helpers, so the console parses specs and serves files exactly as the REST API does.
 from prime_ray.service.api.routes.artifacts import _artifact_files, confined
 from prime_ray.service.api.routes.jobs import _stream_events
 from prime_ray.service.api.routes.students import forward
-from prime_ray.serving.schemas import PredictRequest
-from prime_ray.distributed.jobs import RayRefused, RayUnavailable
 from prime_ray.service.follower import events_path, job_dir
 from prime_ray.service.keys import ApiKey, key_by_id, verify_key
 from prime_ray.service.states import JobState
 from prime_ray.service.store import JobNotFound
 from prime_ray.service.validation import MAX_OFFSET, ApiError, parse_spec_body
+from prime_ray.serving.schemas import PredictRequest
 from prime_ray.spec import JobSpec
 
 HERE = Path(__file__).parent
