@@ -8,6 +8,7 @@ import hmac
 import mimetypes
 import re
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -237,8 +238,16 @@ def install_console(app: FastAPI, session_secret: str) -> None:
         if row is None:
             return Response(status_code=404)
         path = events_path(app.state.settings, row.id)
-        return EventSourceResponse(_stream_events(app.state.store, row.id, path, max(cursor, 0),
-                                                  app.state.settings.poll_interval_s))
+
+        async def events() -> AsyncIterator[dict]:
+            async for event in _stream_events(app.state.store, row.id, path, cursor, app.state.settings.poll_interval_s):
+                yield event
+            # The job has ended and every event was sent: the page shows its final state. (Without this, a
+            # page rendered just before the job's state changed would only see the stream close, and the
+            # browser's EventSource would reconnect to it forever.)
+            yield {"event": "end", "data": ""}
+
+        return EventSourceResponse(events())
 
     @router.get("/jobs/{job_id}/files/{path:path}")
     def job_file(request: Request, key: ConsoleKey, job_id: str, path: str) -> Response:

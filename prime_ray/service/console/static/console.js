@@ -27,5 +27,6 @@
     }));
   });
   // A stage starting or ending changes more than a bar: show the page as the server now renders it.
-  structural.forEach((kind) => source.addEventListener(kind, () => { source.close(); window.location.reload(); }));
+  // `end`: the job has ended and the stream is complete.
+  [...structural, "end"].forEach((kind) => source.addEventListener(kind, () => { source.close(); window.location.reload(); }));
 })();
