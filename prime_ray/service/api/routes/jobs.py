@@ -23,8 +23,6 @@ from prime_ray.service.store import BadCursor, IdempotencyConflict, JobStore
 from prime_ray.service.validation import MAX_OFFSET, event_cursor, parse_spec_body
 from prime_ray.spec import JobSpec, SpecProblem
 
-JSON_TYPES = ("application/json",)
-YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 EVENTS_PAGE = 1000  # events per JSON page
 
 router = APIRouter(tags=["jobs"])
