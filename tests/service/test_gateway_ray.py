@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from waiting import wait_until
 
 from prime_ray.client import JobFailed, PrimeClient
 from prime_ray.service.local import stop_process_group, wait_for_http
@@ -107,15 +107,6 @@ def stack(module_db_url):
     assert not (home / "up.json").exists() and leftovers == []
 
 
-def _until(predicate, timeout: float = 120, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not met in time")
-
 
 def _full_spec(data: Path) -> dict:
     """Every stage, as small as it gets: the tiny model, 6 users, one optimizer step, two eval modes."""
@@ -170,7 +161,7 @@ def test_a_running_job_is_cancelled_through_ray(stack, tmp_path):
     os.mkfifo(data)  # nothing is ever written: ingest waits until the job is stopped
     with stack.client() as client:
         job = client.submit(_spec(data))
-        _until(lambda: job.refresh().state == "running" and job.stage == "ingest")
+        wait_until(lambda: job.refresh().state == "running" and job.stage == "ingest", timeout=120)
         assert job.cancel().cancel_requested
         with pytest.raises(JobFailed, match="cancelled"):
             job.wait(timeout=120, progress=False)
@@ -184,7 +175,7 @@ def test_a_killed_gateway_is_restarted_and_follows_the_job_to_its_end(stack, tmp
     os.mkfifo(data)
     with stack.client() as client:
         job = client.submit(_spec(data, name="survivor"))
-        _until(lambda: job.refresh().state == "running" and job.stage == "ingest")
+        wait_until(lambda: job.refresh().state == "running" and job.stage == "ingest", timeout=120)
 
     stack.kill_gateway()
     ray_jobs = stack.ray_jobs()

@@ -27,6 +27,7 @@ import httpx
 import psutil
 import pytest
 from sqlalchemy import select
+from waiting import wait_until
 
 from prime_ray.service.db import JobRow, open_database, retry_transient
 from prime_ray.service.keys import create_key
@@ -127,15 +128,6 @@ def replicas(module_postgres_url):
         assert leftovers == []
 
 
-def _until(predicate, timeout: float, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not met in time")
-
 
 def _feed(pipe: Path, timeout: float = 120) -> None:
     """Write the users into a named pipe once its job has it open for reading (which proves it still runs)."""
@@ -177,8 +169,8 @@ def test_twenty_jobs_through_two_gateways_and_one_killed_mid_run(replicas, tmp_p
             if source != data:
                 pipes[job_id] = source
         blocked = list(pipes)
-        _until(lambda: all(r.state == "running" and r.stage == "ingest" for r in replicas.rows(blocked).values()),
-               timeout=600)
+        wait_until(lambda: all(r.state == "running" and r.stage == "ingest" for r in replicas.rows(blocked).values()),
+               timeout=600, every=0.5)
 
         # Kill the gateway that follows the most of the waiting jobs (each is followed by exactly one).
         leases = {job_id: (row.lease_owner, row.lease_expires_at) for job_id, row in replicas.rows(blocked).items()}
@@ -193,8 +185,8 @@ def test_twenty_jobs_through_two_gateways_and_one_killed_mid_run(replicas, tmp_p
 
         for pipe in pipes.values():
             _feed(pipe)
-        _until(lambda: all(r.state in ("succeeded", "failed", "cancelled") for r in replicas.rows(ids).values()),
-               timeout=600)
+        wait_until(lambda: all(r.state in ("succeeded", "failed", "cancelled") for r in replicas.rows(ids).values()),
+               timeout=600, every=0.5)
         jobs = {job_id: http.get(f"{survivor.url}/v1/jobs/{job_id}", headers=replicas.auth).json() for job_id in ids}
 
     for job_id, job in jobs.items():
@@ -246,8 +238,8 @@ def test_ended_database_sessions_during_a_run_cost_no_5xx_and_no_job(replicas, p
                 answers.append(("POST /v1/jobs", response.status_code))
                 assert response.status_code == 201, response.text
                 ids.append(response.json()["id"])
-            _until(lambda: all(r.state in ("succeeded", "failed", "cancelled") for r in replicas.rows(ids).values()),
-                   timeout=600)
+            wait_until(lambda: all(r.state in ("succeeded", "failed", "cancelled") for r in replicas.rows(ids).values()),
+                   timeout=600, every=0.5)
         finally:
             stop.set()
             for thread in threads:

@@ -12,12 +12,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from waiting import wait_until
 
 from prime_ray.service.local import LOOPBACK, LocalRay, _cluster_processes, listening_addresses, start_ray_head
 
@@ -42,15 +42,6 @@ def _not_loopback(state: dict) -> dict[int, list[tuple[str, int]]]:
     listening = listening_addresses(_stack_pids(state))
     return {pid: wide for pid, pairs in listening.items() if (wide := [a for a in pairs if a[0] not in LOOPBACK])}
 
-
-def _until(predicate, timeout: float = 180, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not met in time")
 
 
 class RayJobs:
@@ -105,13 +96,13 @@ def test_up_listens_on_loopback_only_and_restarts_only_a_dead_gateway(home):
     ray_jobs = RayJobs(state)
     probe = ray_jobs.submit(f"{sys.executable} -c 'import ray; ray.init(); "
                             "print(\"node\", ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote()))'")
-    _until(lambda: ray_jobs.status(probe) in ("SUCCEEDED", "FAILED", "STOPPED"))
+    wait_until(lambda: ray_jobs.status(probe) in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=180, every=0.5)
     assert ray_jobs.status(probe) == "SUCCEEDED", ray_jobs.logs(probe)
     assert "node 127.0.0.1" in ray_jobs.logs(probe)
 
     # A Ray job that runs until it is stopped; its workers open ports of their own too.
     job = ray_jobs.submit(f"{sys.executable} -c 'import time; time.sleep(3600)'")
-    _until(lambda: ray_jobs.status(job) == "RUNNING")
+    wait_until(lambda: ray_jobs.status(job) == "RUNNING", timeout=180, every=0.5)
     assert _not_loopback(state) == {}  # gateway, GCS, raylet, dashboard, agents, metrics, client server, job
 
     # The gateway crashes with a client connected: its side of the connection is left in TIME_WAIT.
@@ -120,8 +111,8 @@ def test_up_listens_on_loopback_only_and_restarts_only_a_dead_gateway(home):
     os.killpg(state["gateway"]["pid"], signal.SIGKILL)
     psutil.wait_procs([psutil.Process(state["gateway"]["pid"])], timeout=30)
     client.close()
-    time_wait = _until(lambda: [c for c in psutil.net_connections(kind="tcp")
-                                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_TIME_WAIT], timeout=30)
+    time_wait = wait_until(lambda: [c for c in psutil.net_connections(kind="tcp")
+                                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_TIME_WAIT], timeout=30, every=0.5)
     assert time_wait
 
     # Someone else listens on the port: refused, and the Ray head and its job are untouched.
