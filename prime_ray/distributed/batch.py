@@ -79,7 +79,8 @@ class UserWorker(Protocol):
 def check_worker(worker_cls: Any, config: Any, rows: Sequence[Any] = ()) -> None:
     """Raise `WorkerContractError` naming what `worker_cls`, `config` or a row lacks."""
     name = getattr(worker_cls, "__qualname__", repr(worker_cls))
-    if not isinstance(worker_cls, type) or not callable(getattr(worker_cls, "__call__", None)):  # noqa: B004
+    # `callable(cls)` is true of every class: look for __call__ defined on the class or a base.
+    if not isinstance(worker_cls, type) or not any("__call__" in vars(k) for k in worker_cls.__mro__[:-1]):
         raise WorkerContractError(f"{name}: a worker must be a class with __call__(rows) -> rows")
     config_type = getattr(worker_cls, "config_type", None)
     if not (isinstance(config_type, type) and issubclass(config_type, BaseModel)):

@@ -72,6 +72,18 @@ def test_the_worker_contract_is_checked_with_a_clear_error():
     with pytest.raises(WorkerContractError, match=r"ThreeArgs\(generalist, config\) cannot be called"):
         check_worker(ThreeArgs, CONFIG)
 
+    class NotCallable:
+        config_type = AnswerConfig
+        required_keys = ()
+
+        def __init__(self, generalist, config):
+            pass
+
+    with pytest.raises(WorkerContractError, match=r"NotCallable: a worker must be a class with __call__"):
+        check_worker(NotCallable, CONFIG)
+    with pytest.raises(WorkerContractError, match="a worker must be a class"):
+        check_worker(AnswerUser(None, CONFIG), CONFIG)  # an instance, not the class
+
 
 def test_users_are_packed_whole_into_calls():
     assert users_per_call(rows_per_user=2, rows_per_call=16) == 8
