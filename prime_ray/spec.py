@@ -459,7 +459,11 @@ class EvalSpec(_Strict):
         description="`test_query`: training users' held-out queries; `test_user`: users never trained on.",
     )
     max_examples: int | None = Field(None, gt=0, description="Per split, chosen by seed.")
-    max_new_tokens: int = Field(128, gt=0, description="Token budget of an answer (with its reasoning).")
+    max_new_tokens: int = Field(
+        128, gt=0,
+        description="New tokens of a think-mode answer (with its reasoning); direct modes use the task's answer "
+        "budget (at most this), as trace synthesis does.",
+    )
     force_answer: bool = Field(
         True,
         description="Budget forcing (s1, arXiv:2501.19393) in think modes: an output without an answer line "

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from prime_ray.data.schema import Example
-from prime_ray.engine.base import SamplingParams
+from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory
 from prime_ray.models.parser import ParsedOutput, parse_output
@@ -121,6 +121,11 @@ def read_answer(text: str, forced_text: str | None, task: TaskSpec,
     return dataclasses.replace(forced, trace=thinking or None, strict=False), thinking
 
 
+def _is_think(row: dict) -> bool:
+    """A think-mode row: its generation starts inside the think block (`generation_prefix`)."""
+    return THINK_OPEN in row.get("prefix", "")
+
+
 class AnswerUser:
     """A worker (`distributed.batch.UserWorker`): users' prompt rows through the generalist, and candidate scores.
 
@@ -130,6 +135,11 @@ class AnswerUser:
     arXiv:2501.19393): the think block is closed after the model's own thinking and the model completes
     `Answer:` greedily within the task kind's answer budget (`answer_tokens`). All forced rows of a
     call go in one more `generate` call; the row's completion tokens are those of both calls.
+
+    A call's rows are sent as (at most) two batched calls: the direct-mode rows with the task's answer
+    budget (at most `max_new_tokens`, as trace synthesis answers directly), the think-mode rows with
+    `max_new_tokens` — a direct answer needs a few tokens, and a batch decodes as many steps as its
+    longest row. A generalist with `generate_groups` (the Serve handle) gets both at once.
 
     For ranking tasks the answer is parsed here (after forcing), so the candidates can be scored as
     continuations of the model's own reasoning (`completion_text(candidate, trace)`): the trace is the
@@ -143,14 +153,34 @@ class AnswerUser:
         self.generalist = generalist
         self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                      seed=config.seed)
+        answer_budget = task_kind(config.task).answer_tokens(config.task)
+        self.direct_params = dataclasses.replace(self.params, max_new_tokens=min(config.max_new_tokens, answer_budget))
         self.force_answer = config.force_answer
-        self.forced_params = SamplingParams(max_new_tokens=task_kind(config.task).answer_tokens(config.task),
-                                            temperature=0.0, seed=config.seed)
+        self.forced_params = SamplingParams(max_new_tokens=answer_budget, temperature=0.0, seed=config.seed)
         self.task = config.task
+
+    def _generate_groups(self, groups: list[tuple[list[str], SamplingParams]]) -> list[list[Generation]]:
+        """One list of generations per (prompts, params) group; an empty group is not sent."""
+        sent = [(prompts, params) for prompts, params in groups if prompts]
+        if not sent:
+            return [[] for _ in groups]
+        many = getattr(self.generalist, "generate_groups", None)
+        if many is not None:  # the Serve handle: every group's requests in flight at once
+            results = many(sent)
+        else:  # an engine (tests, benchmarks) is synchronous: one call after the other
+            results = [self.generalist.generate(prompts, params) for prompts, params in sent]
+        done = iter(results)
+        return [list(next(done)) if prompts else [] for prompts, _ in groups]
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         # Think modes start inside the think block: the prefix is generated from, and read with the text.
-        generations = self.generalist.generate([r["prompt"] + r.get("prefix", "") for r in rows], self.params)
+        think = [_is_think(row) for row in rows]
+        direct_gens, think_gens = self._generate_groups([
+            ([r["prompt"] + r.get("prefix", "") for r, t in zip(rows, think) if not t], self.direct_params),
+            ([r["prompt"] + r.get("prefix", "") for r, t in zip(rows, think) if t], self.params),
+        ])
+        by_kind = {False: iter(direct_gens), True: iter(think_gens)}
+        generations = [next(by_kind[t]) for t in think]
         out = [{"user_id": row["user_id"], "mode": row.get("mode", ""), "example_id": row["example_id"],
                 "text": row.get("prefix", "") + gen.text, "completion_tokens": gen.completion_tokens,
                 "finish_reason": gen.finish_reason, "scores": None, "forced": False, "forced_text": None}
@@ -173,7 +203,7 @@ class AnswerUser:
         """Force the answers of the think-mode outputs that need it, all in one `generate` call."""
         todo = []
         for row, result in zip(rows, out):
-            if THINK_OPEN not in row.get("prefix", ""):
+            if not _is_think(row):
                 continue  # direct modes answer as they are
             parsed = parse_output(result["text"], self.task, row.get("candidates"))
             if needs_forcing(parsed, result["finish_reason"]):

@@ -149,6 +149,57 @@ def test_the_rows_of_several_users_are_forced_in_one_call():
         ("u2", False, None), ("u2", True, " 3")]
 
 
+def _mixed(users):
+    """Each user's direct and think rows, the think ones answering on their own."""
+    outputs = {}
+    for user in users:
+        outputs[_row(DIRECT, user)["prompt"]] = ("Answer: 4", 3, "stop")
+        outputs[_row(THINK, user)["prompt"] + "<think>\n"] = ("they like it\n</think>\nAnswer: 5", 9, "stop")
+    return [_row(mode, user) for user in users for mode in (DIRECT, THINK)], outputs
+
+
+def test_direct_rows_decode_with_the_answer_budget_and_think_rows_with_max_new_tokens():
+    rows, outputs = _mixed(["u0", "u1"])
+    g = ScriptedGeneralist(outputs)
+    out = _worker(g)(rows)
+    direct = [r["prompt"] for r in rows if r["mode"] == DIRECT.value]
+    think = [r["prompt"] + "<think>\n" for r in rows if r["mode"] == THINK.value]
+    # one call each; the rating kind's answer budget is 8 tokens, eval.max_new_tokens 96
+    assert g.calls == [(direct, SamplingParams(max_new_tokens=8, temperature=0.5, seed=7)),
+                       (think, SamplingParams(max_new_tokens=96, temperature=0.5, seed=7))]
+    assert [(r["example_id"], r["mode"], r["text"]) for r in out] == [
+        (r["example_id"], r["mode"], r["prefix"] + outputs[r["prompt"] + r["prefix"]][0]) for r in rows]
+    # a budget below the answer budget bounds direct rows too
+    g = ScriptedGeneralist(outputs)
+    _worker(g, max_new_tokens=4)(rows)
+    assert [params.max_new_tokens for _, params in g.calls] == [4, 4]
+    # a call without think rows sends one call
+    g = ScriptedGeneralist(outputs)
+    _worker(g)([r for r in rows if r["mode"] == DIRECT.value])
+    assert len(g.calls) == 1
+
+
+class GroupingGeneralist(ScriptedGeneralist):
+    """A generalist that takes several generate calls at once, as the Serve handle does."""
+
+    def __init__(self, outputs):
+        super().__init__(outputs)
+        self.grouped: list[list[tuple[list[str], SamplingParams]]] = []
+
+    def generate_groups(self, groups):
+        self.grouped.append([(list(prompts), params) for prompts, params in groups])
+        return [[Generation(self.outputs[p][0], 10, self.outputs[p][1], self.outputs[p][2]) for p in prompts]
+                for prompts, _ in groups]
+
+
+def test_a_generalist_that_takes_groups_gets_the_direct_and_think_rows_at_once():
+    rows, outputs = _mixed(["u0", "u1"])
+    g = GroupingGeneralist(outputs)
+    out = _worker(g)(rows)
+    assert g.calls == [] and [[params.max_new_tokens for _, params in group] for group in g.grouped] == [[8, 96]]
+    assert [r["text"] for r in out] == [r["prefix"] + outputs[r["prompt"] + r["prefix"]][0] for r in rows]
+
+
 def test_without_force_answer_a_cut_off_think_row_stays_unparsed():
     think = _row(THINK)["prompt"] + "<think>\n"
     g = ScriptedGeneralist({think: ("they like slow dramas and", 96, "length")})
