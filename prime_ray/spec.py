@@ -459,7 +459,18 @@ class EvalSpec(_Strict):
         description="`test_query`: training users' held-out queries; `test_user`: users never trained on.",
     )
     max_examples: int | None = Field(None, gt=0, description="Per split, chosen by seed.")
-    max_new_tokens: int = Field(128, gt=0, description="Token budget of an answer (with its reasoning).")
+    max_new_tokens: int = Field(
+        128, gt=0,
+        description="New tokens of a think-mode answer (with its reasoning); direct modes use the task's answer "
+        "budget (at most this), as trace synthesis does.",
+    )
+    force_answer: bool = Field(
+        True,
+        description="Budget forcing (s1, arXiv:2501.19393) in think modes: an output without an answer line "
+        "of its own (cut off at `max_new_tokens`, or stopped without one) gets its think block closed and "
+        "`Answer:` completed greedily within the task's answer budget; such answers are never strict and the "
+        "report shows their share. False: those outputs stay unparsed.",
+    )
     temperature: float = Field(0.0, ge=0, description="0 is greedy decoding.")
     bootstrap_samples: int = Field(1000, ge=0, description="Resamples for 95 % intervals; 0 turns them off.")
     sample_traces_per_mode: int = Field(3, ge=0, description="Example outputs per mode shown in the report.")

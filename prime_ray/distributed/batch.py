@@ -62,7 +62,8 @@ class UserWorker(Protocol):
     - `required_keys`: keys every input row has besides `user_id` (checked before the run).
     - `__init__(generalist, config)`: `generalist` has `generate(prompts, SamplingParams) ->
       list[Generation]` and `score(prompts, continuations) -> list[float]` (the Serve app's handle, or
-      an engine in tests); `config` is an instance of `config_type`.
+      an engine in tests); the Serve handle also has `generate_groups([(prompts, params), ...])`, which
+      sends several such calls at once; `config` is an instance of `config_type`.
     - `__call__(rows)`: rows of one or more users (JSON-able dicts, each user's rows together) ->
       result rows (JSON-able dicts), each with the `user_id` of its user. Raising fails every user of
       the call; they are then retried one by one.

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
@@ -193,8 +193,17 @@ class GeneralistHandle:
         return cls(serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name), app_name)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        responses = [self._handle.generate.remote(p, params) for p in prompts]
-        return [r.result() for r in responses]
+        return self.generate_groups([(prompts, params)])[0]
+
+    def generate_groups(self, groups: Sequence[tuple[Sequence[str], SamplingParams]]) -> list[list[Generation]]:
+        """Several generate calls at once, one list of generations per (prompts, params) group, in order.
+
+        Every request of every group is in flight before any result is awaited, so the groups meet in
+        the replicas' batches (each batch is split by params, one engine call per group) instead of
+        the second group waiting for the first one's results.
+        """
+        responses = [[self._handle.generate.remote(p, params) for p in prompts] for prompts, params in groups]
+        return [[r.result() for r in group] for group in responses]
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         if len(prompts) != len(continuations):

@@ -5,13 +5,18 @@
     select_examples     per split, the examples evaluated (bounded, seeded)
     prompt_row          an example's rendered prompt as a worker row
     AnswerUser          a worker: one user's prompt rows -> generated rows (and candidate scores)
+    needs_forcing       whether a think-mode output gets its answer forced (budget forcing)
+    own_thinking        the model's thinking in an output, as the forced answer continues it
+    read_answer         a generated row's parsed answer (its forced answer, when it has one)
     answer_outcome      a generated row -> the Outcome the metrics read
     prediction_record   one line of predictions.jsonl, and its Outcome
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +25,22 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from prime_ray.data.schema import Example
-from prime_ray.engine.base import SamplingParams
+from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.evaluation.metrics import Outcome, candidate_ranking, gold_rank
 from prime_ray.memory.store import MEMORY_FILE, ExampleMemory
-from prime_ray.models.parser import parse_output
+from prime_ray.models.parser import ParsedOutput, parse_output
 from prime_ray.models.prompts import (
     ANSWER_PREFIX,
     THINK_CLOSE,
     THINK_MODES,
     THINK_OPEN,
+    answer_prefix,
     completion_text,
     generation_prefix,
     render_prompt,
 )
 from prime_ray.spec import EvalMode, JobSpec, PromptMode, TaskSpec, derive_seed
+from prime_ray.tasks import task_kind
 
 # Each mode is a model (None: the generalist; else the student whose adapter it loads) and a prompt mode.
 MODES: dict[EvalMode, tuple[str | None, PromptMode]] = {
@@ -59,6 +66,8 @@ class Generated:
     scores: list[float] | None  # ranking: log-likelihood of answering each candidate after the trace
     user_id: str = ""
     mode: str = ""  # the EvalMode value the prompt was rendered for
+    forced: bool = False  # the answer was forced after the thinking (`text` is the model's own output)
+    forced_text: str | None = None  # what the model completed after the forced `Answer:` (None: not forced)
 
 
 class AnswerConfig(BaseModel):
@@ -70,14 +79,71 @@ class AnswerConfig(BaseModel):
     max_new_tokens: int = Field(description="eval.max_new_tokens.")
     temperature: float = Field(0.0, description="eval.temperature (0: greedy).")
     seed: int | None = Field(None, description="The job's seed.")
+    force_answer: bool = Field(True, description="eval.force_answer: budget forcing in think modes.")
+
+
+# The start of an answer marker that the token limit cut ("Ans", "**Answer", "Final answer") at the end of
+# the text, on a line or after a sentence of its own; three letters at least, so a thought that ends on
+# "A" or "An" keeps its last word.
+_PARTIAL_MARKER = re.compile(
+    r"(?:^|\n|(?<=[.!?])[ \t]+)[ \t*#_]*(?:final\s+)?ans(?:w(?:e(?:r)?)?)?[ \t*]*[:：]?[ \t*]*\Z", re.IGNORECASE
+)
+
+
+def needs_forcing(parsed: ParsedOutput, finish_reason: str) -> bool:
+    """Whether a think-mode output gets its answer forced: the parser reads no answer in it, and it has
+    no answer line of its own — none at all, or one the token limit cut (`finish_reason` "length").
+
+    An output that wrote a whole answer line the parser cannot read keeps it (a parse failure), and
+    one whose answer the parser's fallback found keeps that.
+    """
+    return not parsed.ok and (not parsed.answer_line or finish_reason == "length")
+
+
+def own_thinking(parsed: ParsedOutput) -> str:
+    """The model's own thinking in a think-mode output: its trace ("" when there is none), without the
+    start of an answer marker that the token limit cut ("…so they like it.\nAns")."""
+    return _PARTIAL_MARKER.sub("", parsed.trace or "").strip()
+
+
+def read_answer(text: str, forced_text: str | None, task: TaskSpec,
+                candidates: Sequence[str] | None) -> tuple[ParsedOutput, str | None]:
+    """The parsed answer of an output, and its trace (the model's own thinking; None if there is none).
+
+    With `forced_text` (the completion of a forced `Answer:`), the answer is read from the closed think
+    block and that completion, and is never strict: the model did not write the answer line itself.
+    """
+    parsed = parse_output(text, task, candidates)
+    if forced_text is None:
+        return parsed, parsed.trace
+    thinking = own_thinking(parsed)
+    forced = parse_output(answer_prefix(thinking) + forced_text, task, candidates)
+    return dataclasses.replace(forced, trace=thinking or None, strict=False), thinking
+
+
+def _is_think(row: dict) -> bool:
+    """A think-mode row: its generation starts inside the think block (`generation_prefix`)."""
+    return THINK_OPEN in row.get("prefix", "")
 
 
 class AnswerUser:
     """A worker (`distributed.batch.UserWorker`): users' prompt rows through the generalist, and candidate scores.
 
-    For ranking tasks the answer is parsed here, so the candidates can be scored as continuations of
-    the model's own reasoning (`completion_text(candidate, trace)`): the trace is the same for every
-    candidate, so the scores rank the answers given that reasoning.
+    A row is a think-mode row when its `prefix` (`generation_prefix(mode)`) opens the think block. With
+    `force_answer`, the think-mode outputs without an answer line of its own (`needs_forcing`) get their
+    answer forced — budget forcing (Muennighoff et al. 2025, "s1: Simple test-time scaling",
+    arXiv:2501.19393): the think block is closed after the model's own thinking and the model completes
+    `Answer:` greedily within the task kind's answer budget (`answer_tokens`). All forced rows of a
+    call go in one more `generate` call; the row's completion tokens are those of both calls.
+
+    A call's rows are sent as (at most) two batched calls: the direct-mode rows with the task's answer
+    budget (at most `max_new_tokens`, as trace synthesis answers directly), the think-mode rows with
+    `max_new_tokens` — a direct answer needs a few tokens, and a batch decodes as many steps as its
+    longest row. A generalist with `generate_groups` (the Serve handle) gets both at once.
+
+    For ranking tasks the answer is parsed here (after forcing), so the candidates can be scored as
+    continuations of the model's own reasoning (`completion_text(candidate, trace)`): the trace is the
+    same for every candidate, so the scores rank the answers given that reasoning.
     """
 
     config_type = AnswerConfig
@@ -87,27 +153,67 @@ class AnswerUser:
         self.generalist = generalist
         self.params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                      seed=config.seed)
+        answer_budget = task_kind(config.task).answer_tokens(config.task)
+        self.direct_params = dataclasses.replace(self.params, max_new_tokens=min(config.max_new_tokens, answer_budget))
+        self.force_answer = config.force_answer
+        self.forced_params = SamplingParams(max_new_tokens=answer_budget, temperature=0.0, seed=config.seed)
         self.task = config.task
+
+    def _generate_groups(self, groups: list[tuple[list[str], SamplingParams]]) -> list[list[Generation]]:
+        """One list of generations per (prompts, params) group; an empty group is not sent."""
+        sent = [(prompts, params) for prompts, params in groups if prompts]
+        if not sent:
+            return [[] for _ in groups]
+        many = getattr(self.generalist, "generate_groups", None)
+        if many is not None:  # the Serve handle: every group's requests in flight at once
+            results = many(sent)
+        else:  # an engine (tests, benchmarks) is synchronous: one call after the other
+            results = [self.generalist.generate(prompts, params) for prompts, params in sent]
+        done = iter(results)
+        return [list(next(done)) if prompts else [] for prompts, _ in groups]
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         # Think modes start inside the think block: the prefix is generated from, and read with the text.
-        generations = self.generalist.generate([r["prompt"] + r.get("prefix", "") for r in rows], self.params)
-        out = []
-        for row, gen in zip(rows, generations):
-            scores = None
-            text = row.get("prefix", "") + gen.text
-            if self.task.kind == "ranking" and row.get("candidates"):
-                parsed = parse_output(text, self.task, row["candidates"])
+        think = [_is_think(row) for row in rows]
+        direct_gens, think_gens = self._generate_groups([
+            ([r["prompt"] + r.get("prefix", "") for r, t in zip(rows, think) if not t], self.direct_params),
+            ([r["prompt"] + r.get("prefix", "") for r, t in zip(rows, think) if t], self.params),
+        ])
+        by_kind = {False: iter(direct_gens), True: iter(think_gens)}
+        generations = [next(by_kind[t]) for t in think]
+        out = [{"user_id": row["user_id"], "mode": row.get("mode", ""), "example_id": row["example_id"],
+                "text": row.get("prefix", "") + gen.text, "completion_tokens": gen.completion_tokens,
+                "finish_reason": gen.finish_reason, "scores": None, "forced": False, "forced_text": None}
+               for row, gen in zip(rows, generations)]
+        if self.force_answer:
+            self._force(rows, out)
+        if self.task.kind == "ranking":
+            for row, result in zip(rows, out):
+                if not row.get("candidates"):
+                    continue
+                parsed, trace = read_answer(result["text"], result["forced_text"], self.task, row["candidates"])
                 if parsed.ok:
-                    scores = self.generalist.score(
+                    result["scores"] = self.generalist.score(
                         [row["prompt"]] * len(row["candidates"]),
-                        [completion_text(c, parsed.trace) for c in row["candidates"]],
+                        [completion_text(c, trace) for c in row["candidates"]],
                     )
-            out.append({"user_id": row["user_id"], "mode": row.get("mode", ""),
-                        "example_id": row["example_id"], "text": text,
-                        "completion_tokens": gen.completion_tokens, "finish_reason": gen.finish_reason,
-                        "scores": scores})
         return out
+
+    def _force(self, rows: list[dict], out: list[dict]) -> None:
+        """Force the answers of the think-mode outputs that need it, all in one `generate` call."""
+        todo = []
+        for row, result in zip(rows, out):
+            if not _is_think(row):
+                continue  # direct modes answer as they are
+            parsed = parse_output(result["text"], self.task, row.get("candidates"))
+            if needs_forcing(parsed, result["finish_reason"]):
+                todo.append((row, result, own_thinking(parsed)))
+        if not todo:
+            return
+        prompts = [row["prompt"] + answer_prefix(thinking) for row, _, thinking in todo]
+        for (_, result, _), gen in zip(todo, self.generalist.generate(prompts, self.forced_params)):
+            result.update(forced=True, forced_text=gen.text,
+                          completion_tokens=result["completion_tokens"] + gen.completion_tokens)
 
 def select_examples(examples: list[Example], splits: Sequence[str], max_examples: int | None, seed: int) -> dict[str, list[Example]]:
     """Per split, its examples (at most `max_examples`, chosen by seed), in example-id order."""
@@ -120,12 +226,17 @@ def select_examples(examples: list[Example], splits: Sequence[str], max_examples
     return chosen
 
 def answer_outcome(example: Example, prompt_mode: PromptMode, gen: Generated, task: TaskSpec) -> tuple[Outcome, Any]:
-    parsed = parse_output(gen.text, task, example.candidates)
+    """The outcome the metrics read, and the parsed output (the forced answer's, for a forced row).
+
+    The trace is always the model's own thinking, before any forcing.
+    """
+    forced_text = gen.forced_text if gen.forced else None
+    parsed, trace = read_answer(gen.text, forced_text, task, example.candidates)
     # Asked to think, whatever the model wrote before its answer line is its thinking: an output that
     # never opens a think block (or loops until the token limit) is measured as it is, and one that
     # answers at once thought nothing ("" : 0 words), which the health metrics must show, not drop.
-    trace = parsed.trace
-    if prompt_mode in THINK_MODES and not trace:
+    # A forced answer continued exactly its `own_thinking`, which is the trace.
+    if prompt_mode in THINK_MODES and not trace and forced_text is None:
         marker = gen.text.lower().find(ANSWER_PREFIX.lower())
         before = gen.text if marker < 0 else gen.text[:marker]
         # with a think tag, the parser's (empty) trace stands: the block was closed at once
@@ -137,7 +248,7 @@ def answer_outcome(example: Example, prompt_mode: PromptMode, gen: Generated, ta
         rank = min((r for gold in (example.output, *(example.also_correct or ())) if (r := gold_rank(ranking, gold))),
                    default=None)
     return Outcome(example.example_id, example.output, parsed.answer, trace=trace, gold_rank=rank,
-                   strict=parsed.strict), parsed
+                   strict=parsed.strict, forced=gen.forced if prompt_mode in THINK_MODES else None), parsed
 
 def plan_modes(spec: JobSpec, adapters: dict[str, Path]) -> tuple[list[EvalMode], dict[str, str]]:
     """The modes to run (in spec order) and, for the others, why not: a student without an adapter."""
@@ -169,7 +280,7 @@ def prediction_record(mode: EvalMode, split: str, example: Example, gen: Generat
     record = {
         "mode": mode.value, "split": split, "example_id": example.example_id, "user_id": example.user_id,
         "input": example.input, "gold": example.output, "predicted": parsed.answer, "parse_error": parsed.reason,
-        "strict": parsed.strict,
+        "strict": parsed.strict, "forced": gen.forced, "forced_text": gen.forced_text,
         "trace": outcome.trace, "text": gen.text, "completion_tokens": gen.completion_tokens,
         "finish_reason": gen.finish_reason, "gold_rank": outcome.gold_rank,
     }

@@ -45,6 +45,7 @@ class Outcome:
     trace: str | None = None  # the reasoning text; None: none was asked for (direct); "": asked, wrote none
     gold_rank: int | None = None  # ranking tasks: 1-based rank of the gold candidate; None when unranked
     strict: bool | None = None  # the answer came from an `Answer:` line (False: a fallback found it; None: unknown)
+    forced: bool | None = None  # think modes: the answer was forced after the thinking (None: not a think mode)
 
 
 @dataclass(frozen=True)
@@ -281,12 +282,14 @@ def mean_interval(values: Sequence[float], *, n_resamples: int, seed: int) -> Me
 
 
 def thinking_health(outcomes: Sequence[Outcome], *, n_resamples: int, seed: int) -> dict[str, MetricValue]:
-    """Parse rates, repetition rate (mean over traces of ≥ 3 words), distinct-2 and mean trace length.
+    """Parse rates, forced share, repetition rate (mean over traces of ≥ 3 words), distinct-2 and mean trace length.
 
-    `parse_rate` counts every parsed answer; `strict_parse_rate` only those written on an `Answer:`
-    line (the rest were found by the parser's fallback, which reads the end of the text). Only
-    repetition carries an interval. Trace length counts an empty trace (asked to think, answered at
-    once) as 0 words; modes that were not asked to think (trace None) get None for trace metrics.
+    `parse_rate` counts every parsed answer, forced ones included; `strict_parse_rate` only those the
+    model wrote on an `Answer:` line itself (the rest were found by the parser's fallback, which reads
+    the end of the text, or forced). `forced` is the share of answers forced after the thinking (budget
+    forcing), None when no outcome is of a think mode. Only repetition carries an interval. Trace length
+    counts an empty trace (asked to think, answered at once) as 0 words; modes that were not asked to
+    think (trace None) get None for trace metrics.
     """
     n = len(outcomes)
     traces = [o.trace for o in outcomes if o.trace is not None]
@@ -295,6 +298,8 @@ def thinking_health(outcomes: Sequence[Outcome], *, n_resamples: int, seed: int)
     return {
         "parse_rate": MetricValue(sum(o.predicted is not None for o in outcomes) / n if n else None),
         "strict_parse_rate": MetricValue(strict / n if n else None),
+        "forced": MetricValue(sum(o.forced is True for o in outcomes) / n
+                              if any(o.forced is not None for o in outcomes) else None),
         "repetition": mean_interval(repetition, n_resamples=n_resamples, seed=seed) if repetition else MetricValue(None),
         "distinct_2": MetricValue(distinct_n(traces)),
         "trace_words": MetricValue(float(np.mean([len(words(t)) for t in traces])) if traces else None),

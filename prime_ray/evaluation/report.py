@@ -36,8 +36,8 @@ SPLIT_TITLES = {
     "test_query": "held-out queries of training users",
     "test_user": "held-out users (never trained on)",
 }
-HEALTH_COLUMNS = {"parse_rate": "parse rate", "strict_parse_rate": "strict parse", "repetition": "repetition",
-                  "distinct_2": "distinct-2", "trace_words": "trace words"}
+HEALTH_COLUMNS = {"parse_rate": "parse rate", "strict_parse_rate": "strict parse", "forced": "forced",
+                  "repetition": "repetition", "distinct_2": "distinct-2", "trace_words": "trace words"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ModeResult:
     metrics: dict[str, MetricValue]
     health: dict[str, MetricValue]
     scores: dict[str, float] = field(default_factory=dict, repr=False)  # example id -> primary metric's score
-    fallback_parses: int = 0  # answers found by the parser's fallback, not on an `Answer:` line
+    fallback_parses: int = 0  # answers found by the parser's fallback, not on an `Answer:` line (nor forced)
 
     @property
     def is_reference(self) -> bool:
@@ -81,7 +81,7 @@ def summarize_mode(
         metrics=kind.metrics(task, outcomes, n_resamples=n_resamples, seed=seed),
         health=thinking_health(outcomes, n_resamples=n_resamples, seed=seed),
         scores={o.example_id: float(v) for o, v in zip(outcomes, primary)},
-        fallback_parses=sum(o.predicted is not None and o.strict is False for o in outcomes),
+        fallback_parses=sum(o.predicted is not None and o.strict is False and not o.forced for o in outcomes),
     )
 
 
@@ -252,8 +252,10 @@ def _gain_line(name: str, d: dict[str, Any]) -> str:
 def render_markdown(report: Report) -> str:
     kind = task_kind(report.task)
     names = kind.metric_names(report.task)
-    # trace length has no better direction: a longer trace is neither better nor worse by itself
-    arrows = {n: ("↓" if n in LOWER_IS_BETTER else "↑") for n in [*names, *HEALTH_COLUMNS]} | {"trace_words": ""}
+    # trace length has no better direction: a longer trace is neither better nor worse by itself; the forced
+    # share describes how the answers were read, not their quality
+    arrows = {n: ("↓" if n in LOWER_IS_BETTER else "↑") for n in [*names, *HEALTH_COLUMNS]}
+    arrows |= {"trace_words": "", "forced": ""}
     lines = [
         f"## Evaluation: {report.job}",
         "",
@@ -278,6 +280,7 @@ def render_markdown(report: Report) -> str:
             else:
                 cells.append(f"{_fmt(r.health['parse_rate'].value, 2)} ({r.parse_failures} failed)")
                 cells.append(f"{_fmt(r.health['strict_parse_rate'].value, 2)} ({r.fallback_parses} by fallback)")
+                cells.append(_fmt(r.health["forced"].value, 2))  # "–" in direct modes: nothing is forced there
                 cells += [_fmt(r.health[k].value, 3 if k != "trace_words" else 1) for k in ("repetition", "distinct_2", "trace_words")]
             lines.append("| " + " | ".join(cells) + " |")
         paired = [c for c in report.comparisons if c.split == split]
@@ -304,8 +307,10 @@ def render_markdown(report: Report) -> str:
         lines += ["", note]
     lines += [
         "",
-        "Unparsed answers count as wrong (ratings: the largest possible error). Strict parse: answers written on an "
-        "`Answer:` line; the rest of the parse rate was found by the parser's fallback. Repetition: share of a "
+        "Unparsed answers count as wrong (ratings: the largest possible error). Strict parse: answers the model wrote "
+        "on an `Answer:` line itself; the rest of the parse rate was found by the parser's fallback or forced. "
+        "Forced: share of a think mode's answers completed after its think block was closed for it (the thinking "
+        "reached no answer line within the token budget; `eval.force_answer`). Repetition: share of a "
         "trace's word 3-grams that repeat an earlier one; distinct-2: unique word bigrams over all traces of the "
         "mode. A claim is *shown* when the paired 95 % interval favours it, *reversed* when it favours the other "
         "side, *not shown at this size* when it contains 0.",

@@ -32,6 +32,7 @@ class ParsedOutput:
     raw_answer: str | None  # the answer text as written
     reason: str | None  # why no answer could be parsed (None when `answer` is set)
     strict: bool = False  # the answer was written on an `Answer:` line (False: found by the fallback, or none)
+    answer_line: bool = False  # an `Answer:` line follows the trace, whether or not its value could be read
 
     @property
     def ok(self) -> bool:
@@ -101,7 +102,8 @@ def parse_output(text: str, task: TaskSpec, candidates: Sequence[str] | None = N
         if answer is None and not text.strip():
             reason = "empty output"
         return ParsedOutput(trace=trace or None, answer=answer, raw_answer=raw_answer,
-                            reason=reason if answer is None else None, strict=answer is not None and raw is not None)
+                            reason=reason if answer is None else None, strict=answer is not None and raw is not None,
+                            answer_line=raw is not None)
     except Exception as error:  # noqa: BLE001 - the contract: model output never makes the parser raise
         return ParsedOutput(trace=None, answer=None, raw_answer=None, reason=f"parser error: {error!r}")
 

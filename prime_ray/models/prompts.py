@@ -42,6 +42,7 @@ __all__ = [
     "THINK_OPEN",
     "PERSONAL_MODES",
     "THINK_MODES",
+    "answer_prefix",
     "completion_text",
     "generation_prefix",
     "render_profile_prompt",
@@ -188,3 +189,14 @@ def completion_text(answer: str, trace: str | None = None) -> str:
     if trace is None:
         return answer_line
     return f"{THINK_OPEN}\n{trace.strip()}\n{THINK_CLOSE}\n{answer_line}"
+
+
+def answer_prefix(trace: str | None) -> str:
+    """The completion up to `Answer:` (inclusive), with the trace in a closed think block when given.
+
+    What a model completes to give its answer after the reasoning `trace` (`""`: an empty think
+    block; None: no think block, a direct answer). Trace synthesis asks for the hint-free answer with
+    it, and the eval forces an answer after thinking that ran out of tokens with it.
+    """
+    full = completion_text("x", trace)
+    return full[: -len("x")].rstrip()

@@ -34,7 +34,7 @@ from prime_ray.data.schema import Example, Item
 from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.memory.profiles import Generalist
 from prime_ray.models.parser import is_correct, parse_output
-from prime_ray.models.prompts import THINK_OPEN, completion_text, render_prompt
+from prime_ray.models.prompts import THINK_OPEN, answer_prefix, render_prompt
 from prime_ray.spec import JobSpec, PromptMode, TaskSpec, derive_seed
 from prime_ray.tasks import task_kind
 from prime_ray.traces import filters as F
@@ -49,12 +49,6 @@ T = TypeVar("T")
 def answer_tokens(task: TaskSpec) -> int:
     """New tokens enough for an answer line of the task (the task kind's budget)."""
     return task_kind(task).answer_tokens(task)
-
-
-def answer_prefix(trace: str | None) -> str:
-    """The completion up to `Answer:` (inclusive), with the trace in the think block when given."""
-    full = completion_text("x", trace)
-    return full[: -len("x")].rstrip()
 
 
 def _error(e: BaseException) -> str:

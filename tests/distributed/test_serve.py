@@ -8,8 +8,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from prime_ray.distributed.serve import GeneralistAppArgs, app_builder
-from prime_ray.engine.base import SamplingParams
+from prime_ray.distributed.serve import GeneralistAppArgs, GeneralistHandle, app_builder
+from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.spec import parse_spec
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "generalist.yaml"
@@ -29,6 +29,37 @@ def test_serve_config_is_valid_for_ray_serve_and_for_the_app():
 def test_app_builder_rejects_unknown_args():
     with pytest.raises(pydantic.ValidationError, match="replicaz"):
         app_builder({"generalist": {"replicaz": 2}})
+
+
+class _RecordingHandle:
+    """Stands in for Serve's DeploymentHandle (no cluster): records when requests are sent and read."""
+
+    def __init__(self):
+        self.generate, self.events = self, []
+
+    def remote(self, prompt, params):
+        self.events.append(("sent", prompt))
+        return _Response(self, prompt, params)
+
+
+class _Response:
+    def __init__(self, handle, prompt, params):
+        self.handle, self.prompt, self.params = handle, prompt, params
+
+    def result(self):
+        self.handle.events.append(("read", self.prompt))
+        return Generation(self.prompt.upper(), 1, self.params.max_new_tokens, "length")
+
+
+def test_generate_groups_has_every_request_in_flight_before_reading_any():
+    handle = _RecordingHandle()
+    g = GeneralistHandle(handle, "app")
+    short, long = SamplingParams(max_new_tokens=2), SamplingParams(max_new_tokens=9)
+    out = g.generate_groups([(["x", "y"], short), (["z"], long)])
+    assert [[(o.text, o.completion_tokens) for o in group] for group in out] == [[("X", 2), ("Y", 2)], [("Z", 9)]]
+    # the second group does not wait for the first one's results: they can share the replica's batches
+    assert handle.events == [("sent", "x"), ("sent", "y"), ("sent", "z"), ("read", "x"), ("read", "y"), ("read", "z")]
+    assert [o.text for o in g.generate(["w"], short)] == ["W"]
 
 
 def _spec(tmp_path, **generalist):

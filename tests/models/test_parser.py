@@ -187,6 +187,14 @@ def test_strict_answers_come_from_an_answer_line():
     assert not parse_output("no idea", RATING).strict
 
 
+def test_an_answer_line_is_seen_even_when_its_value_cannot_be_read():
+    unreadable = parse_output("<think>\nthey like it\nAnswer: maybe", RATING)
+    assert unreadable.answer is None and unreadable.answer_line and unreadable.trace == "they like it"
+    assert parse_output("<think>x</think>\nAnswer: 4", RATING).answer_line
+    assert not parse_output("<think>\nthey like it and", RATING).answer_line  # cut off while thinking
+    assert not parse_output("I would say a 4.", RATING).answer_line  # the fallback's answer: no line
+
+
 _TASKS = (RATING, HALF_RATING, LABEL, GENRES, TEXT, RANKING)
 
 

@@ -6,7 +6,13 @@ import pytest
 
 from prime_ray.data.schema import Item
 from prime_ray.models.loading import load_tokenizer
-from prime_ray.models.prompts import completion_text, generation_prefix, render_profile_prompt, render_prompt
+from prime_ray.models.prompts import (
+    answer_prefix,
+    completion_text,
+    generation_prefix,
+    render_profile_prompt,
+    render_prompt,
+)
 from prime_ray.spec import LabelTask, ModelSpec, PromptMode, PromptTemplates, RankingTask, RatingTask
 
 TEMPLATES = PromptTemplates(system="SYSTEM-LINE", instruction="INSTRUCTION-LINE", answer_format="FORMAT-LINE")
@@ -100,3 +106,10 @@ def test_profile_prompt(tokenizer):
 def test_completion_text():
     assert completion_text("4") == "Answer: 4"
     assert completion_text(" Drama ", trace="  They like drama.\n") == "<think>\nThey like drama.\n</think>\nAnswer: Drama"
+
+
+def test_answer_prefix_is_the_completion_up_to_the_answer_marker():
+    assert answer_prefix(" They like drama.\n") == "<think>\nThey like drama.\n</think>\nAnswer:"
+    assert answer_prefix("") == "<think>\n\n</think>\nAnswer:"  # an empty think block, not none
+    assert answer_prefix(None) == "Answer:"
+    assert (answer_prefix("x") + " Drama") == completion_text("Drama", "x")

@@ -4,7 +4,8 @@
     fast        G + adapter train/fast   direct · personal-direct · think   (only when the λ = 0 student was trained)
     prime       G + adapter train/prime  direct · personal-direct · personal-think
 
-Think modes generate from inside the think block (`generation_prefix`), so every answer has a trace.
+Think modes generate from inside the think block (`generation_prefix`), so every answer has a trace;
+one that reaches no answer line of its own gets its answer forced after that trace (`eval.force_answer`).
 Beside the modes, the non-LLM references (prime_ray.evaluation.references) answer the same examples;
 the report pairs the modes per example and gives each claim of the method a verdict.
 
@@ -153,7 +154,7 @@ class EvalStage(Stage):
         rows = [{**prompt_row(tokenizer, spec, e, MODES[mode][1], memory), "mode": mode.value}
                 for e in examples for mode in modes]  # a user's rows stay together
         config = AnswerConfig(task=spec.data.task, max_new_tokens=spec.eval.max_new_tokens,
-                              temperature=spec.eval.temperature, seed=spec.seed)
+                              temperature=spec.eval.temperature, seed=spec.seed, force_answer=spec.eval.force_answer)
         with GeneralistMap(spec, app_name=app_name(spec.name, f"eval-{model}"),
                            adapter_path=str(adapter) if adapter else None) as g:
             result = g.map_users(rows, AnswerUser, config, parts_dir=ctx.out_dir / "parts" / model,
@@ -180,7 +181,8 @@ def _summary_line(result: ModeResult, task: TaskSpec) -> str:
     metric = result.metrics[name]
     value = "–" if metric.value is None else f"{metric.value:.3f}"
     interval = f" [{metric.low:.3f}, {metric.high:.3f}]" if metric.low is not None else ""
-    repetition = result.health["repetition"].value
+    repetition, forced = result.health["repetition"].value, result.health["forced"].value
     return (f"{result.mode} on {result.split}: {name} {value}{interval}, parse rate "
             f"{result.health['parse_rate'].value:.2f}"
+            + (f" ({forced:.2f} forced)" if forced else "")
             + (f", repetition {repetition:.3f}" if repetition is not None else ""))
