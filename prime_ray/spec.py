@@ -134,6 +134,9 @@ class JsonlSource(_Strict):
     path: str = Field(..., description="A .jsonl file (or a URI); a relative path is relative to the spec file's folder.")
 
 
+MovieLensTask = Literal["rating", "genre", "liked"]
+
+
 class MovieLensSource(_Strict):
     """MovieLens-100K from the `recbole` wheel or, with `path`, any MovieLens variant in RecBole's files."""
 
@@ -142,7 +145,7 @@ class MovieLensSource(_Strict):
         None, description="A directory holding one RecBole data set, <name>.{inter,item,user} (e.g. ml-1m; "
         "the .user file is optional)."
     )
-    task: Literal["rating", "genre", "liked"] = Field(
+    task: MovieLensTask = Field(
         "rating",
         description="`rating`: the 1–5 rating; `genre`: the movie's first genre; `liked`: whether the user "
         "rates it 4 or more (labels `yes` / `no`).",
