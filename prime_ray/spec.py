@@ -482,6 +482,18 @@ class ResourcesSpec(_Strict):
 # ------------------------------------------------------------------------------------------ job
 
 
+# The spec the JSON schema, the REST API's documentation and the console's submit page show.
+JOB_SPEC_EXAMPLE: dict[str, Any] = {
+    "name": "movielens-rating",
+    "model": {"name_or_path": "smollm2-135m-instruct"},
+    "data": {
+        "source": {"format": "movielens-100k", "task": "rating"},
+        "task": {"kind": "rating", "min": 1, "max": 5},
+        "max_users": 8,
+    },
+}
+
+
 class JobSpec(_Strict):
     """A prime-ray job: ingest → memory → traces → train → eval."""
 
@@ -490,19 +502,7 @@ class JobSpec(_Strict):
         frozen=True,
         populate_by_name=True,
         allow_inf_nan=False,
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "movielens-rating",
-                    "model": {"name_or_path": "smollm2-135m-instruct"},
-                    "data": {
-                        "source": {"format": "movielens-100k", "task": "rating"},
-                        "task": {"kind": "rating", "min": 1, "max": 5},
-                        "max_users": 8,
-                    },
-                }
-            ]
-        },
+        json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]},
     )
 
     name: str = Field(
