@@ -18,10 +18,11 @@ Idempotency-Key, so a retried submission never creates a second job.
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -227,7 +228,7 @@ class PrimeClient:
             time.sleep(poll_s)
 
     def predict(self, job_id: str, user_id: str, input: str, *, adapter: str = "prime", mode: str | None = None,
-                history: list[dict | HistoryItemIn] | None = None, candidates: list[str] | None = None,
+                history: Sequence[dict | HistoryItemIn] | None = None, candidates: builtins.list[str] | None = None,
                 max_new_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None) -> Prediction:
         """Ask the job's served student about `user_id` (a new user brings `history` inline).
 
@@ -240,7 +241,7 @@ class PrimeClient:
         response = self.request("POST", f"/v1/jobs/{job_id}/predict", json=body.model_dump(mode="json", exclude_none=True))
         return Prediction.model_validate(response.json())
 
-    def append_history(self, job_id: str, user_id: str, items: list[dict | HistoryItemIn],
+    def append_history(self, job_id: str, user_id: str, items: Sequence[dict | HistoryItemIn],
                        refresh_profile: bool = False) -> HistoryAppended:
         """Add items ({input, output[, id, timestamp]}) to a user's memory; the next prediction uses them."""
         body = HistoryAppend(items=[HistoryItemIn.model_validate(i) for i in items], refresh_profile=refresh_profile)

@@ -134,6 +134,9 @@ class JsonlSource(_Strict):
     path: str = Field(..., description="A .jsonl file (or a URI); a relative path is relative to the spec file's folder.")
 
 
+MovieLensTask = Literal["rating", "genre", "liked"]
+
+
 class MovieLensSource(_Strict):
     """MovieLens-100K from the `recbole` wheel or, with `path`, any MovieLens variant in RecBole's files."""
 
@@ -142,7 +145,7 @@ class MovieLensSource(_Strict):
         None, description="A directory holding one RecBole data set, <name>.{inter,item,user} (e.g. ml-1m; "
         "the .user file is optional)."
     )
-    task: Literal["rating", "genre", "liked"] = Field(
+    task: MovieLensTask = Field(
         "rating",
         description="`rating`: the 1–5 rating; `genre`: the movie's first genre; `liked`: whether the user "
         "rates it 4 or more (labels `yes` / `no`).",
@@ -490,6 +493,18 @@ class ResourcesSpec(_Strict):
 # ------------------------------------------------------------------------------------------ job
 
 
+# The spec the JSON schema, the REST API's documentation and the console's submit page show.
+JOB_SPEC_EXAMPLE: dict[str, Any] = {
+    "name": "movielens-rating",
+    "model": {"name_or_path": "smollm2-135m-instruct"},
+    "data": {
+        "source": {"format": "movielens-100k", "task": "rating"},
+        "task": {"kind": "rating", "min": 1, "max": 5},
+        "max_users": 8,
+    },
+}
+
+
 class JobSpec(_Strict):
     """A prime-ray job: ingest → memory → traces → train → eval."""
 
@@ -498,19 +513,7 @@ class JobSpec(_Strict):
         frozen=True,
         populate_by_name=True,
         allow_inf_nan=False,
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "movielens-rating",
-                    "model": {"name_or_path": "smollm2-135m-instruct"},
-                    "data": {
-                        "source": {"format": "movielens-100k", "task": "rating"},
-                        "task": {"kind": "rating", "min": 1, "max": 5},
-                        "max_users": 8,
-                    },
-                }
-            ]
-        },
+        json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]},
     )
 
     name: str = Field(

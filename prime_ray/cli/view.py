@@ -264,7 +264,7 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
             table.add_column(f"{name} {'↓' if name in lower else '↑'}", no_wrap=True, justify="right")
         table.add_column("parse rate ↑", no_wrap=True, justify="right")
         values = {mode: r["metrics"][primary]["value"] for mode, r in rows.items() if r["metrics"][primary]["value"] is not None}
-        best = (min if primary in lower else max)(values, key=values.get) if len(values) > 1 else None
+        best = (min if primary in lower else max)(values, key=values.__getitem__) if len(values) > 1 else None
         for mode, r in rows.items():
             cells = [_cell(r["metrics"].get(name)) for name in report["metrics"]]
             cells.append(_cell(r["health"].get("parse_rate"), 2))
@@ -340,7 +340,7 @@ class JobLogs:
         """One line on the warnings the libraries logged (counted; the first quoted), or None."""
         if not self.redirected or not self.path.exists():
             return None
-        count, first = 0, None
+        count, first = 0, ""
         for line in _lines(self.path, self.start):
             if _WARNING.search(line):
                 count += 1

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TypeVar
 
-from prime_ray.data.schema import Item, UserRecord
+from prime_ray.data.schema import Item, Query, UserRecord
 from prime_ray.data.validation import LoadResult
 from prime_ray.spec import MovieLensSource
 
 __all__ = ["LIKED_MIN_RATING", "derive_movielens", "like_rate", "liked_label"]
 
 LIKED_MIN_RATING = 4.0  # "liked": a rating of 4 or 5 on MovieLens's 1–5 scale
+Q = TypeVar("Q", bound=Query)
 
 
 def liked_label(rating: str) -> str:
@@ -35,8 +37,10 @@ def like_rate(items: Sequence[Item]) -> float | None:
 
 
 def _liked(user: UserRecord) -> UserRecord:
-    def relabel(items: Sequence[Item]) -> list[Item]:
-        return [item.model_copy(update={"output": liked_label(item.output)}) for item in items]
+    def relabel(items: Sequence[Q]) -> list[Q]:
+        # MovieLens queries are ratings, so every item has an output; an unlabelled one would stay so
+        return [item.model_copy(update={"output": None if item.output is None else liked_label(item.output)})
+                for item in items]
 
     return user.model_copy(update={"history": relabel(user.history), "queries": relabel(user.queries)})
 
@@ -50,7 +54,8 @@ def derive_movielens(loaded: LoadResult, source: MovieLensSource) -> LoadResult:
     users = [u for u in loaded.users if len(u.history) + len(u.queries) >= source.min_ratings]
     if source.min_like_rate_distance > 0:
         crowd = like_rate([item for u in loaded.users for item in u.history])
-        users = [u for u in users if (rate := like_rate(u.history)) is not None
+        # a user with a rate has history items, so the crowd has a rate too
+        users = [u for u in users if (rate := like_rate(u.history)) is not None and crowd is not None
                  and abs(rate - crowd) >= source.min_like_rate_distance]
     if source.task == "liked":
         users = [_liked(u) for u in users]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from prime_ray.data.schema import Example, Item, Query, UserRecord
+from prime_ray.data.schema import Example, Item, Query, Split, UserRecord
 from prime_ray.evaluation.metrics import normalize_label
 from prime_ray.spec import DataSpec, derive_seed
 
@@ -58,8 +58,9 @@ class ExampleSet:
 def latest(items: Sequence[Item], n: int | None) -> list[Item]:
     """The latest n items, oldest first: by timestamp when all have one, else the last n as given."""
     items = list(items)
-    if all(item.timestamp is not None for item in items):
-        items.sort(key=lambda item: item.timestamp)
+    stamped = [(item.timestamp, item) for item in items if item.timestamp is not None]
+    if len(stamped) == len(items):  # every item has a timestamp
+        items = [item for _, item in sorted(stamped, key=lambda pair: pair[0])]
     return items if n is None else items[-n:]
 
 
@@ -72,7 +73,8 @@ def example_id(user_id: str, item_id: str) -> str:
     return f"{_escape(user_id)}/{_escape(item_id)}"
 
 
-def _example(user: UserRecord, item: Query, split: str, memory: list[str]) -> Example:
+def _example(user: UserRecord, item: Query, split: Split, memory: list[str]) -> Example:
+    assert item.output is not None, "an unlabelled query gives no example (`_labelled` leaves it out)"
     return Example(
         example_id=example_id(user.user_id, item.id),
         user_id=user.user_id,
@@ -114,7 +116,7 @@ def build_examples(users: Sequence[UserRecord], data: DataSpec, seed: int) -> Ex
         if roles[user.user_id] == "test_user":
             examples += [_example(user, query, "test_user", history_ids) for query in _labelled(user)]
             continue
-        positions = range(len(user.history))
+        positions: Sequence[int] = range(len(user.history))
         limit = data.max_train_examples_per_user
         if limit is not None and len(positions) > limit:
             positions = sorted(random.Random(derive_seed(seed, "train", user.user_id)).sample(positions, limit))

@@ -12,7 +12,16 @@ from prime_ray.data.jsonl import read_jsonl
 from prime_ray.data.leakage import remove_leakage
 from prime_ray.data.validation import DataError, LoadResult
 from prime_ray.paths import file_digest
-from prime_ray.spec import DataSource, DataSpec, JsonlSource, LampSource, MovieLensSource, RatingTask, ThreadsSource
+from prime_ray.spec import (
+    DataSource,
+    DataSpec,
+    JsonlSource,
+    LampSource,
+    MovieLensSource,
+    MovieLensTask,
+    RatingTask,
+    ThreadsSource,
+)
 
 SOURCE_FORMS = (
     "movielens-100k (ratings), movielens-100k:genre, movielens-100k:liked, a directory holding RecBole's "
@@ -20,6 +29,9 @@ SOURCE_FORMS = (
     "a .jsonl file (native; --format threads for threads), "
     "lamp:QUESTIONS.json,OUTPUTS.json or lamp:QUESTIONS.json (a split without outputs)"
 )
+# The task after `movielens-100k:` (none: ratings), and after a RecBole directory's `DIR:`.
+_NAMED_TASKS: dict[str, MovieLensTask] = {"": "rating", "rating": "rating", "genre": "genre", "liked": "liked"}
+_DIRECTORY_TASKS: dict[str, MovieLensTask] = {"rating": "rating", "genre": "genre"}
 
 
 def load_source(source: DataSource, spec: DataSpec | None = None, *, seed: int = 0) -> LoadResult:
@@ -52,17 +64,19 @@ def parse_source_arg(text: str, format: str | None = None) -> DataSource:
     """A source named on the command line (see SOURCE_FORMS); `format` picks `threads` for a .jsonl file."""
     name, _, option = text.partition(":")
     if name == "movielens-100k":
-        if option not in ("", "rating", "genre", "liked"):
+        named = _NAMED_TASKS.get(option)
+        if named is None:
             raise ValueError(f"unknown MovieLens task {option!r}: use movielens-100k, movielens-100k:genre "
                              "or movielens-100k:liked")
-        return MovieLensSource(task=option or "rating")
+        return MovieLensSource(task=named)
     if name == "lamp":
         questions, comma, outputs = option.partition(",")
         if not questions or (comma and not outputs):
             raise ValueError("a LaMP source is lamp:QUESTIONS.json,OUTPUTS.json (or lamp:QUESTIONS.json)")
         return LampSource(questions=questions, outputs=outputs or None)
-    folder, _, task = text.rpartition(":")
-    if task in ("rating", "genre") and Path(folder).is_dir():
+    folder, _, suffix = text.rpartition(":")
+    task = _DIRECTORY_TASKS.get(suffix)
+    if task is not None and Path(folder).is_dir():
         return MovieLensSource(path=folder, task=task)
     path = Path(text)
     if path.is_dir():

@@ -8,7 +8,7 @@ because their fields differ between sources and Parquet columns need one type.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,7 +52,7 @@ def _write(path: str | Path, rows: Iterable[dict], schema: pa.Schema) -> None:
         pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), tmp)
 
 
-def write_users(path: str | Path, users: list[UserRecord], roles: dict[str, str]) -> None:
+def write_users(path: str | Path, users: list[UserRecord], roles: Mapping[str, str]) -> None:
     """`roles` maps every user id to "train" or "test_user"."""
     missing = [user.user_id for user in users if user.user_id not in roles]
     if missing:

@@ -24,14 +24,16 @@ import math
 import os
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import ray
 from pydantic import BaseModel, ConfigDict
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from prime_ray.engine.base import Generation, SamplingParams, create_engine
+from prime_ray.distributed.batching import batch
+from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, create_engine
 from prime_ray.spec import GeneralistSpec, JobSpec, ModelSpec
 
 DEPLOYMENT_NAME = "Generalist"
@@ -70,7 +72,7 @@ class Generalist:
             import torch
 
             torch.set_num_threads(cpu_threads)
-        self.engine = create_engine(
+        self.engine: GenerationEngine | None = create_engine(
             ModelSpec.model_validate(model),
             backend=backend,
             device=device,
@@ -85,23 +87,28 @@ class Generalist:
         self._engine_lock = asyncio.Lock()
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # engine batch sizes served (benchmark, tests)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    def _open_engine(self) -> GenerationEngine:
+        if self.engine is None:
+            raise RuntimeError("the generation engine is closed")
+        return self.engine
+
+    @batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def generate(self, prompts: list[str], params: list[SamplingParams]) -> list[Generation]:
-        out: list[Generation | None] = [None] * len(prompts)
+        out: dict[int, Generation] = {}
         for p, idx in _group_by_params(params).items():
             self.batch_sizes.append(len(idx))
             # The engine blocks; a worker thread keeps the replica's event loop (health checks, the
             # next batch's queue) responsive meanwhile.
             async with self._engine_lock:
-                done = await asyncio.to_thread(self.engine.generate, [prompts[i] for i in idx], p)
+                done = await asyncio.to_thread(self._open_engine().generate, [prompts[i] for i in idx], p)
             for i, g in zip(idx, done):
                 out[i] = g
-        return out
+        return [out[i] for i in range(len(prompts))]  # every index is in one group
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    @batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         async with self._engine_lock:
-            return await asyncio.to_thread(self.engine.score, prompts, continuations)
+            return await asyncio.to_thread(self._open_engine().score, prompts, continuations)
 
     def served_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
@@ -140,7 +147,8 @@ def generalist_app(
     `cpu_threads`: torch threads per replica (default `generalist.cpu_threads`, else
     ceil(num_cpus_per_replica)).
     """
-    return Generalist.options(
+    # serve.deployment made the class a Deployment; mypy keeps a decorated class's own type
+    return cast(Deployment, Generalist).options(
         num_replicas=generalist.replicas,
         # Requests wait in the replica's batch queue: let enough in for full batches of both methods.
         max_ongoing_requests=4 * generalist.max_batch_size,

@@ -27,14 +27,16 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
+from prime_ray.distributed.batching import batch
 from prime_ray.engine.base import Generation
 from prime_ray.serving.schemas import HistoryAppend, HistoryAppended, Prediction, PredictRequest, StudentInfo
 from prime_ray.serving.student import Prepared, ServedStudent, ServingError
@@ -71,27 +73,34 @@ class Student:
             import torch
 
             torch.set_num_threads(cpu_threads)  # Ray caps a worker's threads at its integer CPU count
-        self.student = ServedStudent.load(job_dir, device=device, max_batch_size=max_batch_size)
+        self.student: ServedStudent | None = ServedStudent.load(job_dir, device=device, max_batch_size=max_batch_size)
         self._generate.set_max_batch_size(max_batch_size)
         self._generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # engine batches served (tests, benchmark)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    def _open_student(self) -> ServedStudent:
+        if self.student is None:
+            raise RuntimeError("the student is closed")
+        return self.student
+
+    @batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def _generate(self, prepared: list[Prepared]) -> list[Generation]:
         self.batch_sizes.append(len(prepared))
         # The engine blocks: a worker thread keeps the event loop (health checks, the next batch) free.
-        return await asyncio.to_thread(self.student.generate, prepared)
+        return await asyncio.to_thread(self._open_student().generate, prepared)
 
     async def predict(self, request: PredictRequest | dict) -> Prediction:
         """One prediction (ServingError for a caller's mistake, raised before the request is queued)."""
-        prepared = self.student.prepare(PredictRequest.model_validate(request))
-        return self.student.answer(prepared, await self._generate(prepared))
+        student = self._open_student()
+        prepared = student.prepare(PredictRequest.model_validate(request))
+        return student.answer(prepared, await self._generate(prepared))
 
     async def append_history(self, user_id: str, append: HistoryAppend | dict) -> HistoryAppended:
-        return await asyncio.to_thread(self.student.append_history, user_id, HistoryAppend.model_validate(append))
+        return await asyncio.to_thread(self._open_student().append_history, user_id,
+                                       HistoryAppend.model_validate(append))
 
     def info(self) -> StudentInfo:
-        return self.student.info()
+        return self._open_student().info()
 
     def served_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
@@ -138,7 +147,8 @@ def student_app(args: StudentAppArgs):
     g: GeneralistSpec = spec.generalist
     cpus = args.num_cpus_per_replica or g.num_cpus_per_replica
     max_batch = args.max_batch_size or g.max_batch_size
-    return Student.options(
+    # serve.deployment made the class a Deployment; mypy keeps a decorated class's own type
+    return cast(Deployment, Student).options(
         num_replicas=args.replicas or g.replicas,
         max_ongoing_requests=4 * max_batch,  # enough waiting in the batch queue for full batches
         ray_actor_options={"num_cpus": cpus, "num_gpus": g.num_gpus_per_replica

@@ -120,7 +120,7 @@ class HFEngine(GenerationEngine):
             ids, hit_eos = new_ids[:end], False
         else:
             ids, hit_eos = new_ids[:end], True
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = self._decode(ids)
         cut = min((text.find(s) + len(s) for s in params.stop if s in text), default=None)
         if cut is not None:
             text = text[:cut]
@@ -130,12 +130,16 @@ class HFEngine(GenerationEngine):
             text=text, prompt_tokens=prompt_len, completion_tokens=len(ids), finish_reason="stop" if stopped else "length"
         )
 
+    def _decode(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text  # type: ignore[return-value]  # one sequence decodes to a str; the hint covers batches too
+
     def _tokens_covering(self, ids: list[int], text: str) -> int:
         """The fewest leading tokens of `ids` whose decoding contains `text` (binary search)."""
         lo, hi = 1, len(ids)
         while lo < hi:
             mid = (lo + hi) // 2
-            if len(self.tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= len(text):
+            if len(self._decode(ids[:mid])) >= len(text):
                 hi = mid
             else:
                 lo = mid + 1
@@ -149,7 +153,7 @@ class HFEngine(GenerationEngine):
         require_tokens(encoded)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         kwargs = self._generation_kwargs(params)
-        results: list[Generation | None] = [None] * len(prompts)
+        results: dict[int, Generation] = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -159,7 +163,7 @@ class HFEngine(GenerationEngine):
                 new = out[:, ids.shape[1] :].tolist()
                 for row, index in enumerate(chunk):
                     results[index] = self._finish(len(encoded[index]), new[row], params)
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(prompts))]  # every index is in one chunk
 
     # ---------------------------------------------------------------------------------- score
 

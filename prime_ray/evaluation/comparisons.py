@@ -45,16 +45,16 @@ GENERALIST_ALL = ("generalist-direct", "generalist-personal-direct", "generalist
 
 def paired_difference(a: Sequence[float], b: Sequence[float], *, n_resamples: int, seed: int) -> MetricValue:
     """mean(a − b) with its 95 % paired percentile-bootstrap interval (None below 2 pairs or 0 resamples)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) != len(b):
-        raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
-    if not len(a):
+    xs, ys = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(xs) != len(ys):
+        raise ValueError(f"paired samples differ in length: {len(xs)} and {len(ys)}")
+    if not len(xs):
         return MetricValue(None)
-    value = float(np.mean(a - b))
-    if n_resamples <= 0 or len(a) < 2:
+    value = float(np.mean(xs - ys))
+    if n_resamples <= 0 or len(xs) < 2:
         return MetricValue(value)
     result = stats.bootstrap(
-        (a, b),
+        (xs, ys),
         lambda x, y, axis: np.mean(x - y, axis=axis),
         paired=True,
         vectorized=True,
@@ -117,11 +117,12 @@ class Claim:
 
 def _best(modes: Sequence[str], values: Mapping[str, float | None], lower_is_better: bool) -> str | None:
     """The mode with the best point value among `modes` that were measured (ties: the first listed)."""
-    measured = [m for m in modes if values.get(m) is not None]
+    measured = {m: v for m in modes if (v := values.get(m)) is not None}
     if not measured:
         return None
     sign = 1 if lower_is_better else -1
-    return min(measured, key=lambda m: (sign * values[m], measured.index(m)))
+    order = list(measured)
+    return min(order, key=lambda m: (sign * measured[m], order.index(m)))
 
 
 def _compare(a: str | None, b: str | None, why: str, split: str, scores: Mapping[str, Mapping[str, float]],

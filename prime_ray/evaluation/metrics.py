@@ -81,9 +81,13 @@ def normalize_label(label: str) -> str:
     return " ".join(text.casefold().split())
 
 
+_PUNCTUATION = string.punctuation + "“”‘’«»…"
+_PUNCTUATION_TO_SPACE = str.maketrans(_PUNCTUATION, " " * len(_PUNCTUATION))
+
+
 def normalize_text(text: str) -> str:
     """Lowercase, punctuation removed, whitespace collapsed: the form text answers are compared in."""
-    text = text.lower().translate(str.maketrans({c: " " for c in string.punctuation + "“”‘’«»…"}))
+    text = text.lower().translate(_PUNCTUATION_TO_SPACE)
     return " ".join(text.split())
 
 

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from prime_ray.data.schema import Example, UserRecord
 from prime_ray.evaluation.metrics import Outcome
 from prime_ray.spec import TaskSpec
 from prime_ray.tasks import task_kind
@@ -71,7 +72,7 @@ def reference_descriptions(task: TaskSpec) -> Mapping[str, str]:
 
 
 
-def outcomes_by_split(task: TaskSpec, by_split: Mapping[str, Sequence], users: Mapping[str, object],
+def outcomes_by_split(task: TaskSpec, by_split: Mapping[str, Sequence[Example]], users: Mapping[str, UserRecord],
                       roles: Mapping[str, str]) -> dict[str, dict[str, list[Outcome]]]:
     """split → reference (`ref:<name>`) → its outcomes on that split's examples.
 

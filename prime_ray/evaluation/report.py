@@ -223,8 +223,8 @@ def _difference(c: Comparison) -> str:
 def _best(report: Report, split: str) -> str | None:
     """The mode with the best primary metric on `split` (None on a tie or when nothing was measured)."""
     name = report.primary_metric
-    values = {r.mode: r.metrics[name].value for r in report.results if r.split == split
-              and r.metrics[name].value is not None}
+    values = {r.mode: v for r in report.results if r.split == split
+              and (v := r.metrics[name].value) is not None}
     if len(values) < 2:
         return None
     pick = min if name in LOWER_IS_BETTER else max
@@ -342,9 +342,9 @@ def plot_report(report: Report, path: Path) -> None:
                 metric = getattr(result, group).get(name, MetricValue(None)) if result else MetricValue(None)
                 value = np.nan if metric.value is None else metric.value
                 values.append(value)
-                has_ci = metric.low is not None and metric.high is not None and metric.value is not None
-                errors[0].append(max(0.0, value - metric.low) if has_ci else 0.0)
-                errors[1].append(max(0.0, metric.high - value) if has_ci else 0.0)
+                low, high = (metric.low, metric.high) if metric.value is not None else (None, None)
+                errors[0].append(max(0.0, value - low) if low is not None and high is not None else 0.0)
+                errors[1].append(max(0.0, high - value) if low is not None and high is not None else 0.0)
             offsets = x + (j - (len(splits) - 1) / 2) * width
             ax.bar(offsets, values, width, yerr=errors, capsize=3, label=split)
             for xi, value in zip(offsets, values):
@@ -374,7 +374,7 @@ def _plot_paired(report: Report, ax) -> None:
     for yi, c in zip(y, paired):
         d = c.difference
         value = np.nan if d.value is None else d.value
-        xerr = [[value - d.low], [d.high - value]] if d.low is not None else None
+        xerr = [[value - d.low], [d.high - value]] if d.low is not None and d.high is not None else None
         colour = "tab:green" if c.favours == c.a else "tab:red" if c.favours == c.b else "tab:gray"
         ax.errorbar([value], [yi], xerr=xerr, fmt="o", color=colour, capsize=4)
     ax.axvline(0, color="black", linewidth=0.8)

@@ -41,8 +41,9 @@ class UserIndex(Protocol):
 
 def _recency_keys(history: Sequence[Item]) -> np.ndarray:
     """A sortable recency per item: its timestamp, or its position when the history has none."""
-    if all(item.timestamp is not None for item in history):
-        return np.array([float(item.timestamp) for item in history])
+    stamps = [float(item.timestamp) for item in history if item.timestamp is not None]
+    if len(stamps) == len(history):  # every item has a timestamp
+        return np.array(stamps)
     return np.arange(len(history), dtype=float)
 
 
@@ -118,6 +119,7 @@ class Retriever:
             return _Bm25Index(history)
         if self.name == "recent":
             return _RecentIndex(history)
+        assert self._encoder is not None, "__init__ loads an encoder for 'embedding'"
         return _EmbeddingIndex(history, self._encoder)
 
 
@@ -137,6 +139,7 @@ class UserRetrieval:
             raise KeyError(f"memory ids not in the user's history: {', '.join(unknown[:5])}")
         if not allowed_ids or k <= 0:
             return Retrieved((), ())
+        assert self._index is not None, "only an empty history has no index, and it allows no ids"
         scores = self._index.scores(query)
         positions = sorted(
             {self._position[i] for i in allowed_ids},

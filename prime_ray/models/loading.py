@@ -27,7 +27,11 @@ from prime_ray.paths import cache_dir
 from prime_ray.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
+
+    # What AutoModelForCausalLM.from_pretrained is annotated to return: a PreTrainedModel with `generate`
+    # (transformers declares it for type checkers only).
+    from transformers.models.auto.modeling_auto import _BaseModelWithGenerate as CausalLM
 
 __all__ = [
     "PACKAGED_MODELS",
@@ -169,7 +173,7 @@ def _gguf_builder(source: str, gguf_file: str, revision: str | None) -> Callable
         for holder in (model.config, model):
             if hasattr(holder, "quantization_config"):
                 delattr(holder, "quantization_config")
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # set at load time, undeclared: mypy sees nn.Module's setattr
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
 
@@ -270,7 +274,7 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
 
 def load_model(
     spec: ModelSpec, *, device: str = "cpu", dtype: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> tuple[CausalLM, PreTrainedTokenizerBase]:
     """(model, tokenizer) for `spec` on `device`, in eval mode. `dtype` overrides `spec.dtype`."""
     from transformers import AutoModelForCausalLM
 
@@ -281,6 +285,6 @@ def load_model(
     )
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers wraps `to` with functools.wraps: mypy loses the binding
     model.eval()
     return model, tokenizer

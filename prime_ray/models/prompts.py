@@ -106,10 +106,15 @@ def _chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> str:
     """
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return _template_text(tokenizer, messages)
     except TemplateError:
         folded = [{"role": "user", "content": f"{system.strip()}\n\n{user}" if system.strip() else user}]
-        return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
+        return _template_text(tokenizer, folded)
+
+
+def _template_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text  # type: ignore[return-value]  # tokenize=False gives a str; the hint is every output's union
 
 
 def render_prompt(

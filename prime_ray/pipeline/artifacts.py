@@ -25,6 +25,7 @@ class JobArtifacts:
     def __init__(self, root: str, job_name: str):
         self.root = root
         self.job_name = job_name
+        self._remote: str | None  # the job's folder on the remote filesystem; None for a local root
         if _is_remote(root):
             import pyarrow.fs as pafs
 

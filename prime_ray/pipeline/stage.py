@@ -8,6 +8,7 @@ manifests, skipping, events). Adding a stage never touches the runner.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,7 +65,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def stage_order(wanted: list[str] | None = None) -> list[str]:
+def stage_order(wanted: Sequence[str] | None = None) -> list[str]:
     """Registered stages in dependency order; with `wanted`, only those and what they need."""
     import prime_ray.pipeline.stages  # noqa: F401  (registers the built-in stages)
 

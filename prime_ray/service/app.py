@@ -123,7 +123,7 @@ def create_app(settings: GatewaySettings | None = None, ray: RayJobs | None = No
             swagger_favicon_url="/docs/assets/favicon-32x32.png",
         )
 
-    app.openapi = lambda: _openapi_document(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi_document(app)  # type: ignore[method-assign]  # FastAPI's documented override
     return app
 
 

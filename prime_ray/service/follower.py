@@ -25,6 +25,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from prime_ray.distributed.jobs import RayJobInfo, RayJobs, RayRefused, RayUnavailable
 from prime_ray.pipeline.artifacts import EVENTS_FILE
@@ -132,8 +133,8 @@ class Follower:
             except Exception:  # noqa: BLE001 - one broken job must not stop the others being followed
                 log.exception("following job %s failed", job.id)
 
-    def _update(self, job: JobRow, **fields: object) -> None:
-        self.store.update(job.id, holder=self.owner, **fields)  # type: ignore[arg-type]
+    def _update(self, job: JobRow, *, state: JobState | None = None, **fields: Any) -> None:
+        self.store.update(job.id, state=state, holder=self.owner, **fields)
 
     def step(self, job: JobRow) -> None:
         info = self.ray.info(job.submission_id)

@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from prime_ray.pipeline.events import Event
 from prime_ray.service.states import JobState
 from prime_ray.serving.schemas import DeploymentOut
-from prime_ray.spec import JobSpec, SpecProblem
+from prime_ray.spec import JOB_SPEC_EXAMPLE, JobSpec, SpecProblem
 
 if TYPE_CHECKING:
     from prime_ray.service.db import JobRow
 
-_JOB_EXAMPLE = {
+_JOB_EXAMPLE: dict[str, Any] = {
     "id": "job-3f9a1c2b7d4e",
     "name": "movielens-rating",
     "state": "running",
@@ -53,6 +53,15 @@ class StageProgressOut(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="The stage's latest live metrics.")
 
 
+def _summary_fields(row: JobRow) -> dict[str, Any]:
+    """A job row's columns as `JobSummary` fields (every job document has them)."""
+    return dict(
+        id=row.id, name=row.name, state=JobState(row.state), stage=row.stage,
+        cancel_requested=row.cancel_requested, error=row.error, created_at=row.created_at,
+        updated_at=row.updated_at, started_at=row.started_at, finished_at=row.finished_at,
+    )
+
+
 class JobSummary(BaseModel):
     id: str
     name: str = Field(description="The name the spec was submitted with (the job runs under its id).")
@@ -68,12 +77,8 @@ class JobSummary(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
 
     @classmethod
-    def of(cls, row: JobRow, **extra: Any) -> JobSummary:
-        return cls(
-            id=row.id, name=row.name, state=JobState(row.state), stage=row.stage,
-            cancel_requested=row.cancel_requested, error=row.error, created_at=row.created_at,
-            updated_at=row.updated_at, started_at=row.started_at, finished_at=row.finished_at, **extra,
-        )
+    def of(cls, row: JobRow) -> JobSummary:
+        return cls(**_summary_fields(row))
 
 
 class JobOut(JobSummary):
@@ -91,13 +96,13 @@ class JobOut(JobSummary):
             "train": {"state": "pending", "done": None, "total": None, "metrics": {}},
         },
         "metrics": {"ingest": {"users": 8, "examples": 120, "seconds": 1.2}},
-        "spec": JobSpec.model_config["json_schema_extra"]["examples"][0],
+        "spec": JOB_SPEC_EXAMPLE,
     }]})
 
     @classmethod
     def of(cls, row: JobRow) -> JobOut:
-        return super().of(
-            row,
+        return cls(
+            **_summary_fields(row),
             progress={k: StageProgressOut.model_validate(v) for k, v in (row.progress or {}).items()},
             metrics=row.metrics or {},
             spec=JobSpec.model_validate(row.spec),

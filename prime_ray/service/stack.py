@@ -79,7 +79,7 @@ def up(settings: GatewaySettings, *, num_cpus: int = 2, timeout_s: float = 120) 
     url = f"http://127.0.0.1:{port}"
 
     started_head = head is None
-    if started_head:
+    if head is None:
         if state.get("ray"):
             stop_ray_head(LocalRay(**state["ray"]))  # leftovers of the dead head
         head = start_ray_head(cache_dir("ray-up"), num_cpus=num_cpus, timeout_s=timeout_s)

@@ -235,7 +235,7 @@ class JobStore:
     @staticmethod
     def _now(session: Session) -> dt.datetime:
         if session.get_bind().dialect.name == "postgresql":
-            return session.scalar(select(func.now()))
+            return session.execute(select(func.now())).scalar_one()
         return utcnow()  # SQLite: one machine, one clock
 
     def request_cancel(self, job_id: str) -> JobRow:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prime_ray.data.schema import Item
 from prime_ray.engine.base import Generation, SamplingParams, create_engine
@@ -96,6 +96,16 @@ def attach_adapters(model: Any, adapters: dict[str, Path]) -> Any:
     return peft_model.eval()
 
 
+class ModelEngine(Protocol):
+    """A generation engine that exposes its model (the transformers backend's), so PEFT can hold the adapters."""
+
+    model: Any  # the PeftModel over the base model, once `attach_adapters` has wrapped it
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
 class ServedStudent:
     """A job's base model with its adapters and its users' memory (plain Python: Serve wraps it)."""
 
@@ -105,10 +115,11 @@ class ServedStudent:
         self.job_id = spec.name
         self.adapter_dirs = job_adapters(self.job_dir)
         # The transformers backend: PEFT needs the model object itself to switch adapters per batch.
-        self.engine = create_engine(spec.model, backend="hf", device=device, max_batch_size=max_batch_size)
-        if not hasattr(self.engine, "model"):
-            raise RuntimeError(f"the {self.engine.name!r} engine exposes no model to put the adapters on")
-        self.engine.model = attach_adapters(self.engine.model, self.adapter_dirs)
+        engine = create_engine(spec.model, backend="hf", device=device, max_batch_size=max_batch_size)
+        if not hasattr(engine, "model"):
+            raise RuntimeError(f"the {engine.name!r} engine exposes no model to put the adapters on")
+        engine.model = attach_adapters(engine.model, self.adapter_dirs)
+        self.engine: ModelEngine = engine
         self.tokenizer = load_tokenizer(spec.model)
         config = self.engine.model.config
         self.context_tokens = int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
@@ -149,7 +160,9 @@ class ServedStudent:
             raise ServingError(f"unknown mode {request.mode!r}; known: {known}",
                                [SpecProblem(path="mode", message=f"must be one of {known}")]) from None
         personal = mode.value.startswith("personal")
-        profile, episodes, scores = None, (), ()
+        profile: str | None = None
+        episodes: tuple[Item, ...] = ()
+        scores: tuple[float, ...] = ()
         if personal or not self.memory.known(request.user_id):
             try:
                 history = _items(request.history, "history") if request.history is not None else None
@@ -179,11 +192,11 @@ class ServedStudent:
         groups: dict[tuple[str, SamplingParams], list[int]] = defaultdict(list)
         for i, p in enumerate(prepared):
             groups[(p.adapter, p.params)].append(i)
-        out: list[Generation | None] = [None] * len(prepared)
+        out: dict[int, Generation] = {}
         for (adapter, params), idx in groups.items():
             for i, generation in zip(idx, self.generate_with(adapter, [prepared[i].prompt for i in idx], params)):
                 out[i] = generation
-        return out  # type: ignore[return-value]
+        return [out[i] for i in range(len(prepared))]  # every index is in one group
 
     def generate_with(self, adapter: str, prompts: list[str], params: SamplingParams) -> list[Generation]:
         """The engine's generation with `adapter` active (`generalist`: every adapter off)."""

@@ -28,7 +28,7 @@ def make_job_dir(root: str | Path, users_jsonl: str | Path, *, name: str = "serv
     from prime_ray.memory.retrieval import Retriever
     from prime_ray.memory.store import write_memory
     from prime_ray.models.loading import load_model
-    from prime_ray.training.artifacts import adapter_dir
+    from prime_ray.training.artifacts import STUDENTS, adapter_dir
 
     spec = parse_spec({
         "name": name, "model": {"name_or_path": model},
@@ -47,10 +47,10 @@ def make_job_dir(root: str | Path, users_jsonl: str | Path, *, name: str = "serv
     profiles = {u: f"{u} likes thrillers and dislikes musicals." for u in users}
     entries = list(build_memory(built.examples, users, Retriever(spec.memory.retriever), spec.memory.top_k, profiles))
     write_memory(job / "memory" / "memory.parquet", entries, spec.memory.retriever)
-    for seed, student in enumerate(("prime", "fast")):
+    for seed, student in enumerate(STUDENTS):
         base, _ = load_model(spec.model)
         torch.manual_seed(seed)
         config = LoraConfig(r=lora_r, lora_alpha=8 * lora_r, target_modules="all-linear",
                             init_lora_weights=not random_weights, task_type="CAUSAL_LM")
-        get_peft_model(base, config).save_pretrained(adapter_dir(job / "train", student))
+        get_peft_model(base, config).save_pretrained(str(adapter_dir(job / "train", student)))
     return job

@@ -97,7 +97,7 @@ class TaskKind:
         The default serves kinds whose metrics are all means of `example_scores`.
         """
         scores = self.example_scores(task, outcomes)
-        return {name: with_interval(len(outcomes), lambda idx, a=scores[name]: float(a[idx].mean()), n_resamples, seed)
+        return {name: with_interval(len(outcomes), _mean_over(scores[name]), n_resamples, seed)
                 for name in self.metric_names(task)}
 
     def references(self, task) -> tuple[Reference, ...]:
@@ -112,6 +112,11 @@ def shown(value: Any) -> str:
     """A value as a message shows it: its repr, cut to 40 characters."""
     text = repr(value)
     return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _mean_over(values: np.ndarray) -> Callable[[np.ndarray], float]:
+    """The statistic: the mean of `values` at the given example indices."""
+    return lambda idx: float(values[idx].mean())
 
 
 def with_interval(n: int, statistic: Callable[[np.ndarray], float], n_resamples: int, seed: int) -> MetricValue:
@@ -142,9 +147,7 @@ def task_kinds() -> list[str]:
 def task_kind(task: Any) -> TaskKind:
     """The kind of a task spec (or a kind's name); `UnknownTaskKind` names the known ones when absent."""
     name = task if isinstance(task, str) else getattr(task, "kind", None)
-    try:
-        return _KINDS[name]
-    except (KeyError, TypeError):
-        raise UnknownTaskKind(
-            f"unknown task kind {name!r}; known kinds: {', '.join(task_kinds())}"
-        ) from None
+    kind = _KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise UnknownTaskKind(f"unknown task kind {name!r}; known kinds: {', '.join(task_kinds())}")
+    return kind

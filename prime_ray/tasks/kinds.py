@@ -32,7 +32,7 @@ from prime_ray.evaluation.metrics import (
 )
 from prime_ray.tasks.base import Parsed, Reference, TaskKind, register_task_kind, shown, with_interval
 
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?", re.IGNORECASE)
+_NUMBER = re.compile(r"(?<![\w.])(?P<head>[-+]?\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?", re.IGNORECASE)
 _WORD_NUMBERS = {
     w: i
     for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])
@@ -70,8 +70,7 @@ def numbers(text: str, words: bool = False) -> list[float]:
     """Numbers in order; "4/5" and "4 out of 5" count as their numerator; number words when `words`."""
     found: list[tuple[int, float]] = []
     for match in _NUMBER.finditer(text):
-        head = re.match(r"[-+]?\d+(?:\.\d+)?", match.group()).group()
-        found.append((match.start(), float(head)))
+        found.append((match.start(), float(match.group("head"))))
     if words:
         for match in re.finditer(r"\b(" + "|".join(_WORD_NUMBERS) + r")\b", text, re.IGNORECASE):
             found.append((match.start(), float(_WORD_NUMBERS[match.group(1).lower()])))

@@ -130,8 +130,8 @@ def gain_passes(gain: float | None, task: TaskSpec, filters: TraceFilters) -> bo
 
 def rank_by_gain(gains: Sequence[float | None], eligible: Sequence[bool], keep_top: int) -> list[bool]:
     """Free text: among one example's eligible traces, the `keep_top` with the largest positive gain."""
-    candidates = [i for i, (g, ok) in enumerate(zip(gains, eligible)) if ok and g is not None and g > 0]
-    best = set(sorted(candidates, key=lambda i: (-gains[i], i))[:keep_top])
+    candidates = [(g, i) for i, (g, ok) in enumerate(zip(gains, eligible)) if ok and g is not None and g > 0]
+    best = {i for _, i in sorted(candidates, key=lambda c: (-c[0], c[1]))[:keep_top]}
     return [i in best for i in range(len(gains))]
 
 

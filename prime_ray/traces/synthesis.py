@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +35,7 @@ from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.memory.profiles import Generalist
 from prime_ray.models.parser import is_correct, parse_output
 from prime_ray.models.prompts import THINK_OPEN, answer_prefix, render_prompt
-from prime_ray.spec import JobSpec, PromptMode, TaskSpec, derive_seed
+from prime_ray.spec import JobSpec, PromptMode, PromptTemplates, TaskSpec, derive_seed
 from prime_ray.tasks import task_kind
 from prime_ray.traces import filters as F
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+W = TypeVar("W")
 
 
 def answer_tokens(task: TaskSpec) -> int:
@@ -55,7 +56,7 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _each(call: Callable[[list[Any]], list[T]], items: list[Any]) -> list[T | BaseException]:
+def _each(call: Callable[[list[W]], Sequence[T]], items: list[W]) -> list[T | BaseException]:
     """Call on all items; if the call fails, once per item, so one bad item fails alone."""
     if not items:
         return []
@@ -87,6 +88,23 @@ class _Work:
     baseline_logp: float | None = None
     error: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ex(self) -> Example:
+        """The example, once `_prepare` has read it (every step after it works on prepared examples)."""
+        assert self.example is not None, "example not prepared"
+        return self.example
+
+
+class _PromptArgs(TypedDict):
+    """The `render_prompt` arguments an example's prompts share."""
+
+    task: TaskSpec
+    templates: PromptTemplates
+    query_input: str
+    candidates: list[str] | None
+    profile: str | None
+    episodes: tuple[Item, ...]
 
 
 class SynthesisConfig(BaseModel):
@@ -124,7 +142,7 @@ class TraceSynthesizer:
     def _prepare(self, work: _Work) -> None:
         ex = work.example = Example.model_validate(work.row["example"])
         memory = work.row.get("memory") or {}
-        common = dict(
+        common = _PromptArgs(
             task=self.task,
             templates=self.spec.data.prompts,
             query_input=ex.input,
@@ -137,19 +155,19 @@ class TraceSynthesizer:
         if self.traces.direct_answer or self.filters.drop_if_direct_correct:
             work.direct_prompt = render_prompt(self.tokenizer, PromptMode.direct, **common)
 
-    def _generate(self, works: list[_Work], prompt_of: Callable[[_Work], str], params: SamplingParams):
-        return _each(lambda ws: self.g.generate([prompt_of(w) for w in ws], params), works)
+    def _generate(self, prompts: list[str], params: SamplingParams) -> list[Generation | BaseException]:
+        return _each(lambda ps: self.g.generate(ps, params), prompts)
 
     def _direct(self, works: list[_Work]) -> None:
-        asked = [w for w in works if w.direct_prompt is not None]
+        asked = [(w, w.direct_prompt) for w in works if w.direct_prompt is not None]
         params = SamplingParams(max_new_tokens=answer_tokens(self.task), temperature=0.0, seed=self.spec.seed)
-        for w, gen in zip(asked, self._generate(asked, lambda w: w.direct_prompt, params)):
+        for (w, _), gen in zip(asked, self._generate([prompt for _, prompt in asked], params)):
             if isinstance(gen, BaseException):
                 w.error = _error(gen)
                 continue
-            parsed = parse_output(gen.text, self.task, w.example.candidates)
+            parsed = parse_output(gen.text, self.task, w.ex.candidates)
             w.direct_answer = parsed.answer
-            w.direct_correct = parsed.ok and is_correct(self.task, parsed.answer, w.example.output)
+            w.direct_correct = parsed.ok and is_correct(self.task, parsed.answer, w.ex.output)
             w.direct_tokens = gen.completion_tokens
 
     def _opening(self) -> str:
@@ -163,7 +181,7 @@ class TraceSynthesizer:
                 top_p=self.traces.top_p,
                 seed=derive_seed(self.spec.seed, "traces", s),
             )
-            for w, gen in zip(works, self._generate(works, lambda w: w.hinted_prompt + self._opening(), params)):
+            for w, gen in zip(works, self._generate([w.hinted_prompt + self._opening() for w in works], params)):
                 w.samples.append(self._sample(w, s, gen))
 
     def _sample(self, w: _Work, index: int, gen: Generation | BaseException) -> dict[str, Any]:
@@ -173,7 +191,7 @@ class TraceSynthesizer:
             sample["error"] = _error(gen)
             return sample
         raw = self._opening() + gen.text
-        parsed = parse_output(raw, self.task, w.example.candidates)
+        parsed = parse_output(raw, self.task, w.ex.candidates)
         sample.update(raw_text=raw, tokens=gen.completion_tokens, answer=parsed.answer,
                       trace=(parsed.trace or "").strip() or None, finished=gen.finish_reason == "stop")
         return sample
@@ -198,7 +216,7 @@ class TraceSynthesizer:
                 s["error"] = _error(gen)
                 continue
             s["tokens"] += gen.completion_tokens
-            parsed = parse_output(answer_prefix(s["trace"]) + gen.text, self.task, w.example.candidates)
+            parsed = parse_output(answer_prefix(s["trace"]) + gen.text, self.task, w.ex.candidates)
             s["answer_without_hint"] = parsed.answer
             if s["answer"] is None and s["finished"]:  # a trace cut off before its answer stays unparseable
                 s["answer"] = parsed.answer
@@ -212,7 +230,7 @@ class TraceSynthesizer:
 
         def score(batch: list[tuple[_Work, dict | None]]) -> list[float]:
             prompts = [w.plain_prompt + answer_prefix(s["trace"] if s else None) for w, s in batch]
-            continuations = [" " + w.example.output.strip() for w, _ in batch]
+            continuations = [" " + w.ex.output.strip() for w, _ in batch]
             return self.g.score(prompts, continuations)
 
         for (w, s), logp in zip(pairs, _each(score, pairs)):
@@ -232,7 +250,7 @@ class TraceSynthesizer:
         return all(a is not None and is_correct(self.task, a, gold) for a in answers)
 
     def _judge(self, w: _Work) -> None:
-        gold = w.example.output
+        gold = w.ex.output
         for s in w.samples:
             if s["error"] is not None:
                 s["verdicts"], s["kept"] = None, False

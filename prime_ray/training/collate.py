@@ -44,9 +44,9 @@ class Batch:
         return inputs
 
     def to(self, device: torch.device | str) -> Batch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.labels), move(self.terms), move(self.position_ids),
-                     move(self.attention_mask), self.tokens)
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return Batch(self.input_ids.to(device), self.labels.to(device), self.terms.to(device),
+                     self.position_ids.to(device), mask, self.tokens)
 
     @property
     def padded_tokens(self) -> int:

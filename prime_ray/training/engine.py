@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,9 @@ import torch.distributed as dist
 from prime_ray.spec import ModelSpec, TrainSpec
 from prime_ray.training.collate import Batch
 from prime_ray.training.loss import TokenCounts, prime_loss, token_counts
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 Backend = Literal["deepspeed", "torch"]
 
@@ -86,7 +89,7 @@ def register_backend(name: Backend) -> Callable[[type[TrainEngine]], type[TrainE
     return register
 
 
-def create_train_engine(config: EngineConfig, model: torch.nn.Module | None = None) -> TrainEngine:
+def create_train_engine(config: EngineConfig, model: PreTrainedModel | None = None) -> TrainEngine:
     """The engine of `config.backend`, over `model` (a transformers causal LM; loaded from
     `config.model` in float32 on CPU when None). Raises ValueError for an unknown backend."""
     if config.backend not in ENGINE_BACKENDS:
@@ -104,7 +107,7 @@ class TrainEngine(ABC):
     """A student under training. Subclasses provide forward, backward, the optimizer step,
     checkpoints and the adapter export; `train_step` is shared."""
 
-    def __init__(self, config: EngineConfig, model: torch.nn.Module | None = None):
+    def __init__(self, config: EngineConfig, model: PreTrainedModel | None = None):
         from prime_ray.models.loading import load_model
         from prime_ray.training.lora import attach_lora
 
@@ -246,7 +249,7 @@ class TorchEngine(TrainEngine):
     """Plain PyTorch: AdamW, `clip_grad_norm_`, the same schedule as DeepSpeed's config. Runs on
     CUDA when `train.use_gpu` (the model keeps the dtype it was given), else on CPU."""
 
-    def __init__(self, config: EngineConfig, model: torch.nn.Module | None = None):
+    def __init__(self, config: EngineConfig, model: PreTrainedModel | None = None):
         super().__init__(config, model)
         self._device = torch.device("cuda" if config.train.use_gpu else "cpu")
         self.module.to(self._device)
@@ -306,7 +309,7 @@ class DeepSpeedEngine(TrainEngine):
     """DeepSpeed ZeRO (stage, offload, bf16 from `deepspeed_config(train)`). Needs a process group:
     Ray Train's, or one `deepspeed.init_distributed` starts from the RANK/WORLD_SIZE/MASTER_* env."""
 
-    def __init__(self, config: EngineConfig, model: torch.nn.Module | None = None):
+    def __init__(self, config: EngineConfig, model: PreTrainedModel | None = None):
         import deepspeed
 
         from prime_ray.training.deepspeed_config import deepspeed_config, start_schedule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
@@ -48,7 +49,7 @@ def check_target_modules(model_spec: ModelSpec, lora: LoraSpec) -> None:
     from prime_ray.models.loading import resolve_model_path
 
     path = resolve_model_path(model_spec)
-    kwargs = {"trust_remote_code": model_spec.trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": model_spec.trust_remote_code}
     if model_spec.revision and path == model_spec.name_or_path:
         kwargs["revision"] = model_spec.revision
     config = AutoConfig.from_pretrained(path, **kwargs)

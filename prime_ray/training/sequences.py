@@ -41,14 +41,18 @@ ELLIPSIS = "…"
 class MemoryLike(Protocol):
     """What collation reads of an example's memory (prime_ray.memory.store.ExampleMemory)."""
 
-    profile: str | None
-    episodes: tuple[Item, ...]
+    @property
+    def profile(self) -> str | None: ...
+
+    @property
+    def episodes(self) -> tuple[Item, ...]: ...
 
 
 class TraceLike(Protocol):
     """What collation reads of a kept trace (prime_ray.traces.store.KeptTrace)."""
 
-    trace: str
+    @property
+    def trace(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,9 @@ class SequenceBuilder:
         counts = counts if counts is not None else Counter()
         completion = self._encode(completion_text(example.output)) + self.eos
         budget = self.max_length - len(completion)
-        mode, profile, episodes = PromptMode.direct, None, ()
+        mode = PromptMode.direct
+        profile: str | None = None
+        episodes: tuple[Item, ...] = ()
         if self.answer_prompt == PromptMode.personal_direct:
             if memory is None:
                 counts["direct_without_memory"] += 1
@@ -156,9 +162,10 @@ class SequenceBuilder:
 
         prompt = prompt_for(example.input)
         if len(prompt) > budget:
-            prompt = self._cut_input_from_left(example.input, prompt_for, budget)
-            if prompt is None:
+            cut = self._cut_input_from_left(example.input, prompt_for, budget)
+            if cut is None:
                 return None
+            prompt = cut
             counts["input_cut"] += 1
         return _sequence(example.example_id, "direct", prompt, completion)
 

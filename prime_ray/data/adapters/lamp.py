@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def infer_task(questions: list[Any]) -> str | None:
     by the marker in the questions' inputs (`email: ` is LaMP_6, `article: ` LaMP_4). None when unclear."""
     keys = {key for q in questions[:50] if isinstance(q, dict) and isinstance(q.get("profile"), list)
             for entry in q["profile"] if isinstance(entry, dict) for key in entry}
-    inputs = [q.get("input") for q in questions[:50] if isinstance(q, dict) and isinstance(q.get("input"), str)]
+    inputs = [text for q in questions[:50] if isinstance(q, dict) and isinstance(text := q.get("input"), str)]
     fitting = [(name, fields) for name, choices in TASK_FIELDS.items() for fields in choices
                if fields.input in keys and fields.output in keys]
     if len(fitting) > 1:  # LaMP_7 (text -> text) fits every profile with a text: only when nothing else does
@@ -178,7 +179,7 @@ def read_lamp(questions: str | Path, outputs: str | Path | None = None, task: Ta
         document, fields = _question(question, at, golds, choices, validator)
         if document is None:
             continue
-        one = validator.check(document, at=at, rename=lambda path, f=fields: _lamp_path(path, f))
+        one = validator.check(document, at=at, rename=partial(_lamp_path, fields=fields))
         if one is None:
             continue
         unlabelled += one.queries[0].output is None
@@ -267,8 +268,8 @@ def _question(question: Any, at: str, golds: dict[str, str], choices: tuple[Prof
         if not isinstance(entry, dict):
             validator.problem(None, where, f"expected a profile object, got {json_type(entry)}")
             continue
-        item = {"id": _text(entry.get("id")), "input": _text(entry.get(fields.input)),
-                "output": _text(entry.get(fields.output))}
+        item: dict[str, str | int | None] = {"id": _text(entry.get("id")), "input": _text(entry.get(fields.input)),
+                                             "output": _text(entry.get(fields.output))}
         for key, name in (("id", "id"), ("input", fields.input), ("output", fields.output)):
             if item[key] is None:
                 got = "field required" if name not in entry else f"expected a string, got {json_type(entry[name])}"
@@ -278,7 +279,8 @@ def _question(question: Any, at: str, golds: dict[str, str], choices: tuple[Prof
             if item["timestamp"] is None:
                 validator.problem(None, f"{where}.date", f"expected YYYY-MM-DD or a year, got {entry['date']!r}")
         history.append(item)
-    if len(validator.result.problems) > before:
+    # a missing id or input is one of the problems reported above
+    if len(validator.result.problems) > before or qid is None or not isinstance(text, str):
         return None, fields
     query = {"id": qid, "input": _query_text(text, fields), "output": golds.get(qid)}
     return {"user_id": qid, "history": history, "queries": [query]}, fields

@@ -11,9 +11,13 @@ sequences alone: with λ = 0 the think sequences add nothing to the loss). Both 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from prime_ray.pipeline.stage import Stage, StageContext, StageResult, register_stage
 from prime_ray.spec import JobSpec, PromptMode, derive_seed
+
+if TYPE_CHECKING:
+    from prime_ray.training.artifacts import Student
 
 
 @register_stage
@@ -116,9 +120,9 @@ class TrainStage(Stage):
         return StageResult(counts=counts, metrics=result_metrics)
 
 
-def _students(spec: JobSpec) -> list[tuple[str, float]]:
+def _students(spec: JobSpec) -> list[tuple[Student, float]]:
     """(name, λ) of each student: PRIME, and the λ = 0 one with `train.fast_thinking_baseline`."""
-    students = [("prime", spec.train.think_weight)]
+    students: list[tuple[Student, float]] = [("prime", spec.train.think_weight)]
     if spec.train.fast_thinking_baseline:
         students.append(("fast", 0.0))
     return students

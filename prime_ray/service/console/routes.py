@@ -35,7 +35,7 @@ from prime_ray.service.states import JobState
 from prime_ray.service.store import JobNotFound
 from prime_ray.service.validation import MAX_OFFSET, ApiError, parse_spec_body
 from prime_ray.serving.schemas import PredictRequest
-from prime_ray.spec import JobSpec
+from prime_ray.spec import JOB_SPEC_EXAMPLE
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -274,7 +274,7 @@ def install_console(app: FastAPI, session_secret: str) -> None:
 
     @router.get("/submit")
     def submit_page(request: Request, key: ConsoleKey) -> HTMLResponse:
-        example = JobSpec.model_config["json_schema_extra"]["examples"][0]
+        example = JOB_SPEC_EXAMPLE
         return _render(request, "submit.html", key=key, spec_text=yaml.safe_dump(example, sort_keys=False),
                        problems=None)
 

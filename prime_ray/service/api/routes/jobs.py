@@ -21,7 +21,7 @@ from prime_ray.service.models import EventOut, EventPage, JobList, JobOut, JobSu
 from prime_ray.service.states import IllegalTransition, JobState
 from prime_ray.service.store import BadCursor, IdempotencyConflict, JobStore
 from prime_ray.service.validation import MAX_OFFSET, event_cursor, parse_spec_body
-from prime_ray.spec import JobSpec, SpecProblem
+from prime_ray.spec import JOB_SPEC_EXAMPLE, SpecProblem
 
 EVENTS_PAGE = 1000  # events per JSON page
 
@@ -35,7 +35,7 @@ router = APIRouter(tags=["jobs"])
                **errors(403, 409, 413, 415, 422)},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"},
-                             "example": JobSpec.model_config["json_schema_extra"]["examples"][0]},
+                             "example": JOB_SPEC_EXAMPLE},
         "application/yaml": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
     }}},
 )
