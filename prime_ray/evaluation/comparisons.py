@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from prime_ray.evaluation.metrics import CONFIDENCE, MetricValue
 
@@ -53,6 +52,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, n_resamples: in
     value = float(np.mean(xs - ys))
     if n_resamples <= 0 or len(xs) < 2:
         return MetricValue(value)
+    from scipy import stats  # here, not at the top: see bootstrap_interval in metrics.py
+
     result = stats.bootstrap(
         (xs, ys),
         lambda x, y, axis: np.mean(x - y, axis=axis),

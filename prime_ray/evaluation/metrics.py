@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 REPETITION_N = 3  # the n-gram size of the repetition rate (the trace filter's max_repetition uses 3-grams too)
@@ -251,6 +250,10 @@ def bootstrap_interval(
     """
     if n_resamples <= 0 or n < 2:
         return None
+    # Imported here: every CLI command and Ray worker imports this module (through the task kinds), and
+    # scipy.stats costs about half a second to import; only the intervals need it.
+    from scipy import stats
+
     result = stats.bootstrap(
         (np.arange(n),),
         lambda idx: statistic(np.asarray(idx, dtype=int)),

@@ -17,6 +17,7 @@ chosen here, including the two metrics ports Ray otherwise fixes (44217, 44227).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -41,9 +42,19 @@ LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports. Their sockets stay bound until all are chosen: a port given back by a
+    closed socket can be handed out again by the next bind, and one port given to two of Ray's
+    components makes `ray start` fail."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -95,7 +106,8 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, object_store_mb: int = 
     if not token_file.exists():
         token_file.write_text(secrets.token_hex(32))
         token_file.chmod(0o600)
-    ports = {option: free_port() for option in (*_PORT_OPTIONS, *_PORT_VARIABLES)}
+    names = (*_PORT_OPTIONS, *_PORT_VARIABLES)
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0",
                # A stopped job gets SIGTERM, then SIGKILL after this many seconds (Ray's default: 3): time

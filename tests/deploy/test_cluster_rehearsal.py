@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from prime_ray.client import JobFailed, PrimeClient
-from prime_ray.service.local import LocalRay, free_port, stop_ray_head
+from prime_ray.service.local import LocalRay, free_ports, stop_ray_head
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # where `ray` and `prime-ray` are, as install.sh's PATH line
@@ -77,6 +77,7 @@ def _head_env(base: Path, config: dict) -> dict[str, str]:
     home.mkdir()
     (home / "prime-ray").symlink_to(ROOT)
     (base / "ray").mkdir()
+    gcs, dashboard, client, agent, gateway = free_ports(5)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_", "PRIME_RAY_")) or k == "PRIME_RAY_CACHE_DIR"}
     env.update(
@@ -86,12 +87,12 @@ def _head_env(base: Path, config: dict) -> dict[str, str]:
         RAY_USAGE_STATS_ENABLED="0",
         PRIME_RAY_NODE_IP=LOOPBACK,
         PRIME_RAY_DASHBOARD_HOST="127.0.0.1",
-        PRIME_RAY_GCS_PORT=str(free_port()),
-        PRIME_RAY_DASHBOARD_PORT=str(free_port()),
-        PRIME_RAY_CLIENT_PORT=str(free_port()),
-        PRIME_RAY_AGENT_PORT=str(free_port()),
+        PRIME_RAY_GCS_PORT=str(gcs),
+        PRIME_RAY_DASHBOARD_PORT=str(dashboard),
+        PRIME_RAY_CLIENT_PORT=str(client),
+        PRIME_RAY_AGENT_PORT=str(agent),
         PRIME_RAY_HOST="127.0.0.1",
-        PRIME_RAY_PORT=str(free_port()),
+        PRIME_RAY_PORT=str(gateway),
         PRIME_RAY_ARTIFACT_ROOT=str(base / "artifacts"),
         PRIME_RAY_DB_URL=f"sqlite:///{base / 'gateway.db'}",
     )

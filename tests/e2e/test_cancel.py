@@ -35,7 +35,8 @@ def _spec(folder: Path) -> Path:
         "model": {"name_or_path": "tiny-test"},
         "data": {"source": {"format": "jsonl", "path": "users.jsonl"}, "task": {"kind": "rating", "min": 1, "max": 5},
                  "split": {"held_out_users": 0.25}, "max_history": 5, "max_train_examples_per_user": 2},
-        "memory": {"top_k": 2, "profile_max_new_tokens": 8},
+        # No profiles: the memory stage then needs no Serve app (what is stopped here comes after it).
+        "memory": {"profile": False, "top_k": 2},
         # One user at a time and long traces: the traces stage lasts long enough to be stopped in.
         "generalist": {"max_batch_size": 4, "max_concurrency": 1, "num_cpus_per_replica": 1},
         "traces": {"samples_per_example": 2, "max_new_tokens": 48},
@@ -95,7 +96,7 @@ class _Run:
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"the run ended (rc {self.proc.returncode}) first:\n{self.out.read_text()}")
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise AssertionError(f"timed out waiting; events: {[(e.kind, e.stage) for e in self.new_events()]}")
 
     def stop(self, sig: int, group: bool) -> float:

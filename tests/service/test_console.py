@@ -196,3 +196,37 @@ def test_a_succeeded_job_offers_its_student_and_says_why_it_cannot_answer_yet(ga
         page = client.get(f"/jobs/{row.id}").text
         assert 'id="student"' in page and "Deploy the student" not in page
         assert client.post(f"/jobs/{row.id}/deploy", data={"csrf": _csrf(page)}).status_code == 403
+
+
+def _streamed(client: httpx.Client, job_id: str, cursor: int) -> list[str]:
+    with client.stream("GET", f"/jobs/{job_id}/stream", params={"cursor": cursor}) as response:
+        assert response.status_code == 200
+        return [line.split(":", 1)[1].strip() for line in response.iter_lines() if line.startswith("event:")]
+
+
+def test_a_job_page_follows_only_the_events_its_job_record_shows(gateway):
+    """The page reloads on a stage's event to show that stage's new state, which the follower writes into
+    the job's record after the event is in the file: the page's stream starts where the record stood and
+    carries only the events the record has taken in (else a reload could show the stage still pending,
+    and nothing would reload it again while the stage runs)."""
+    from prime_ray.pipeline.events import EventLog, read_events
+    from prime_ray.service.states import JobState
+
+    url, app, keys, artifacts = gateway
+    row, _ = app.state.store.create(*_parsed(), None)
+    app.state.store.update(row.id, state=JobState.running)
+    log = EventLog(artifacts / row.id / "events.jsonl")
+    (artifacts / row.id).mkdir(parents=True)
+    for kind in ("job_started", "stage_started", "stage_finished"):
+        log.emit(kind, None if kind == "job_started" else "ingest")
+    offsets = [offset for offset, _ in read_events(log.path)]
+    app.state.store.update(row.id, events_offset=offsets[1])  # the follower has applied up to stage_started
+    with _login(url, keys["admin"]) as client:
+        page = client.get(f"/jobs/{row.id}").text
+        assert f'data-cursor="{offsets[1]}"' in page and 'data-terminal="false"' in page
+        # (A job that ended with its record behind its file cannot happen; here it ends the stream.)
+        app.state.store.update(row.id, state=JobState.succeeded)
+        assert _streamed(client, row.id, 0) == ["job_started", "stage_started", "end"]
+        app.state.store.update(row.id, events_offset=offsets[2])
+        assert _streamed(client, row.id, 0) == ["job_started", "stage_started", "stage_finished", "end"]
+        assert _streamed(client, row.id, offsets[1]) == ["stage_finished", "end"]

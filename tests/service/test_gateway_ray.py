@@ -4,10 +4,14 @@ on PostgreSQL (`module_db_url`).
 
 A job that must still be running at a given moment reads its data from a named pipe: its ingest stage
 waits on the pipe until the test writes the data (or cancels the job), so no timing is guessed.
+
+A full job (every stage) costs minutes on 2 cores: each database's stack runs one (`full_job`), which
+the REST test and the console test both read.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -124,12 +128,38 @@ def _full_spec(data: Path) -> dict:
     }
 
 
-@pytest.mark.slow
-def test_a_full_job_succeeds_with_stage_progress_events_logs_and_its_report(stack, tmp_path):
-    data = tmp_path / "users.jsonl"
+@pytest.fixture(scope="module")
+def full_job(stack, tmp_path_factory) -> str:
+    """The id of one full job submitted through the SDK and finished (JobFailed if it did not succeed)."""
+    data = tmp_path_factory.mktemp("full-job") / "users.jsonl"
     shutil.copy(FIXTURE, data)
     with stack.client() as client:
-        job = client.submit(_full_spec(data)).wait(timeout=480, progress=False)
+        return client.submit(_full_spec(data)).wait(timeout=480, progress=False, poll_s=0.3).id
+
+
+def _feed(pipe: Path, timeout: float = 120) -> None:
+    """Write the users into a job's named pipe once the job has it open for reading (so it still runs)."""
+
+    def writer() -> int | None:
+        try:
+            return os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            return None
+
+    fd = wait_until(writer, timeout=timeout, every=0.2)
+    try:
+        os.set_blocking(fd, True)
+        os.write(fd, FIXTURE.read_bytes())
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_full_job_succeeds_with_stage_progress_events_logs_and_its_report(stack, full_job, tmp_path):
+    with stack.client() as client:
+        job = client.get(full_job)
         assert job.state == "succeeded" and job.stage is None and job.error is None
         assert list(job.progress) == ["ingest", "memory", "traces", "train", "eval"]
         for stage, entry in job.progress.items():
@@ -219,13 +249,16 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 
 
 @pytest.mark.slow
-def test_the_console_in_chromium_submits_a_job_watches_it_succeed_and_shows_its_report(stack, tmp_path):
-    """Debian's Chromium (installed by `make test`) driven by Playwright; screenshots in test-artifacts/console/."""
+def test_the_console_in_chromium_submits_a_job_watches_it_succeed_and_shows_its_report(stack, full_job, tmp_path):
+    """Debian's Chromium (installed by `make test`) driven by Playwright; screenshots in test-artifacts/console/.
+
+    The job submitted here reads a named pipe: the page is seen running, then follows the job to its end
+    once the test writes the data. The report is that of the module's full job."""
     import yaml
     from playwright.sync_api import sync_playwright
 
     data = tmp_path / "users.jsonl"
-    shutil.copy(FIXTURE, data)
+    os.mkfifo(data)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
@@ -238,18 +271,23 @@ def test_the_console_in_chromium_submits_a_job_watches_it_succeed_and_shows_its_
             page.click("button:has-text('Log in')")
             page.wait_for_url(f"{stack.url}/submit")
 
-            page.fill("#spec", yaml.safe_dump({**_full_spec(data), "name": "console"}, sort_keys=False))
+            page.fill("#spec", yaml.safe_dump(_spec(data, name="console"), sort_keys=False))
             page.click("button:has-text('Check')")
             page.wait_for_selector("#valid")
             page.click("button:has-text('Submit')")
             page.wait_for_url(re.compile(r".*/jobs/job-[0-9a-f]+$"))
             job_id = page.url.rsplit("/", 1)[1]
 
-            # The page follows the job over server-sent events and reloads itself when a stage starts or ends.
-            page.wait_for_selector("tr[data-stage='traces'] .state.running, tr[data-stage='train'] .state.running",
-                                   timeout=300_000)
+            # The page follows the job over server-sent events and reloads itself when a stage starts or ends,
+            # and once more when the job's stream ends.
+            page.wait_for_selector("tr[data-stage='ingest'] .state.running", timeout=120_000)
             page.screenshot(path=str(SCREENSHOTS / "job-running.png"), full_page=True)
-            page.wait_for_selector("#job-state.succeeded", timeout=480_000)
+            _feed(data)
+            page.wait_for_selector("#job-state.succeeded", timeout=120_000)
+            assert page.locator("tr[data-stage] .state.finished").count() == 1
+
+            page.goto(f"{stack.url}/jobs/{full_job}")
+            assert page.locator("#job-state.succeeded").count() == 1
             assert page.locator("tr[data-stage] .state.finished").count() == 5
             assert page.locator("#report .markdown table").count() >= 1
             assert "generalist-direct" in page.inner_text("#report")
@@ -257,8 +295,9 @@ def test_the_console_in_chromium_submits_a_job_watches_it_succeed_and_shows_its_
             page.screenshot(path=str(SCREENSHOTS / "job-report.png"), full_page=True)
 
             page.goto(f"{stack.url}/")
-            row = page.locator(f"tr:has(a[href='/jobs/{job_id}'])")
-            assert row.locator(".state").inner_text() == "succeeded"
+            for shown in (job_id, full_job):
+                row = page.locator(f"tr:has(a[href='/jobs/{shown}'])")
+                assert row.locator(".state").inner_text() == "succeeded"
             page.screenshot(path=str(SCREENSHOTS / "jobs.png"), full_page=True)
         finally:
             browser.close()

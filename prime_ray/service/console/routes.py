@@ -107,12 +107,8 @@ def _job_percent(row: Any) -> int:
     return round(sum(s["percent"] for s in stages) / len(stages)) if stages else 0
 
 
-def _recent_events(path: Path) -> tuple[list[Any], int]:
-    tail: collections.deque = collections.deque(maxlen=EVENTS_SHOWN)
-    cursor = 0
-    for cursor, event in read_events(path):  # noqa: B007 - the last cursor is kept
-        tail.append(event)
-    return list(tail), cursor
+def _recent_events(path: Path) -> list[Any]:
+    return list(collections.deque((event for _, event in read_events(path)), maxlen=EVENTS_SHOWN))
 
 
 def install_console(app: FastAPI, session_secret: str) -> None:
@@ -167,12 +163,14 @@ def install_console(app: FastAPI, session_secret: str) -> None:
 
     def job_view(request: Request, key: ApiKey, row: Any, status_code: int = 200, **ask: Any) -> HTMLResponse:
         root = job_dir(app.state.settings, row.id)
-        events, cursor = _recent_events(events_path(app.state.settings, row.id))
+        events = _recent_events(events_path(app.state.settings, row.id))
         report = root / "eval" / "report.md"
         return _render(
             request, "job.html", status_code=status_code, key=key, job=row, state=JobState(row.state),
             stages=_stage_rows(row), deployment=row.deployment, ask=ask,
-            events=events, cursor=cursor, artifacts=_artifact_files(root),
+            # The live stream starts where the record's state was taken from: an event written since, but
+            # not yet applied by the follower, still comes (and reloads the page once it is applied).
+            events=events, cursor=row.events_offset, artifacts=_artifact_files(root),
             report_html=markdown.render(report.read_text(errors="replace")) if report.is_file() else None,
             charts=[p for p in ("eval/report.png", "train/curves.png") if (root / p).is_file()],
             spec_yaml=yaml.safe_dump(row.spec, sort_keys=False),
@@ -240,7 +238,8 @@ def install_console(app: FastAPI, session_secret: str) -> None:
         path = events_path(app.state.settings, row.id)
 
         async def events() -> AsyncIterator[dict]:
-            async for event in _stream_events(app.state.store, row.id, path, cursor, app.state.settings.poll_interval_s):
+            async for event in _stream_events(app.state.store, row.id, path, cursor, app.state.settings.poll_interval_s,
+                                              applied_only=True):
                 yield event
             # The job has ended and every event was sent: the page shows its final state. (Without this, a
             # page rendered just before the job's state changed would only see the stream close, and the

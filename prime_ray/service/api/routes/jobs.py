@@ -150,10 +150,18 @@ def _events_page(path: Path, cursor: int) -> list[EventOut]:
     return out
 
 
-async def _stream_events(store: JobStore, job_id: str, path: Path, cursor: int, poll_s: float) -> AsyncIterator[dict]:
+async def _stream_events(store: JobStore, job_id: str, path: Path, cursor: int, poll_s: float, *,
+                         applied_only: bool = False) -> AsyncIterator[dict]:
+    """Server-sent events of the job's events file from `cursor` on, until the job has ended.
+
+    `applied_only`: only the events the job's record already reflects (up to its `events_offset`), so
+    that a page reloaded on an event renders the state that event brought."""
     while True:
-        ended = JobState((await run_in_threadpool(store.get, job_id)).state).terminal
+        row = await run_in_threadpool(store.get, job_id)
+        ended = JobState(row.state).terminal
         events = await run_in_threadpool(_events_page, path, cursor)
+        if applied_only:
+            events = [event for event in events if event.cursor <= row.events_offset]
         for event in events:
             cursor = event.cursor
             yield {"id": str(event.cursor), "event": event.kind, "data": event.model_dump_json()}
