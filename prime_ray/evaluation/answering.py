@@ -186,7 +186,7 @@ class AnswerUser:
                 "finish_reason": gen.finish_reason, "scores": None, "forced": False, "forced_text": None}
                for row, gen in zip(rows, generations)]
         if self.force_answer:
-            self._force(rows, out)
+            self._force(rows, out, think)
         if self.task.kind == "ranking":
             for row, result in zip(rows, out):
                 if not row.get("candidates"):
@@ -199,11 +199,11 @@ class AnswerUser:
                     )
         return out
 
-    def _force(self, rows: list[dict], out: list[dict]) -> None:
+    def _force(self, rows: list[dict], out: list[dict], think: list[bool]) -> None:
         """Force the answers of the think-mode outputs that need it, all in one `generate` call."""
         todo = []
-        for row, result in zip(rows, out):
-            if not _is_think(row):
+        for row, result, is_think in zip(rows, out, think):
+            if not is_think:
                 continue  # direct modes answer as they are
             parsed = parse_output(result["text"], self.task, row.get("candidates"))
             if needs_forcing(parsed, result["finish_reason"]):
