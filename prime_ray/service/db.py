@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +40,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_RETRY_S = 30.0  # how long an idempotent operation is retried while the database is unreachable
@@ -153,7 +160,7 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -161,6 +168,18 @@ def make_engine(url: str) -> Engine:
     connect_args = {"connect_timeout": 10} if make_url(url).get_backend_name() == "postgresql" else {}
     return create_engine(url, pool_pre_ping=True, pool_recycle=1800, json_serializer=json_dumps,
                          connect_args=connect_args)
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put a SQLite file in WAL mode. The mode is kept in the file, so only a new file's first
+    connections change it, and SQLite answers a switch made while another connection switches with
+    "database is locked" at once, without waiting its busy timeout: that answer is retried here."""
+    for attempt in Retrying(retry=retry_if_exception_type(sqlite3.OperationalError),
+                            wait=wait_exponential_jitter(initial=0.01, max=0.5), stop=stop_after_delay(30),
+                            reraise=True):
+        with attempt:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
 
 
 def migrate(engine: Engine) -> None:

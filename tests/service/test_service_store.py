@@ -245,6 +245,37 @@ def test_gateways_starting_together_migrate_once(db_url):
     assert errors == []  # one migrates, the others wait for it, then find the schema at head
 
 
+def _journal_modes_opened_together(engines):
+    """Each engine's first connection, all opened at the same moment: their journal modes, and errors."""
+    barrier, modes, errors = threading.Barrier(len(engines)), [], []
+
+    def connect(engine):
+        barrier.wait()
+        try:
+            with engine.connect() as connection:
+                modes.append(connection.exec_driver_sql("PRAGMA journal_mode").scalar())
+        except Exception as e:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=connect, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return modes, errors
+
+
+def test_gateways_opening_a_new_sqlite_file_together_all_get_wal(tmp_path):
+    # SQLite refuses a switch to WAL made while another connection switches, without waiting its busy
+    # timeout; each round opens a new file from six engines at once, as gateways starting together do.
+    for round_ in range(50):
+        engines = [make_engine(f"sqlite:///{tmp_path}/{round_}.db") for _ in range(6)]
+        modes, errors = _journal_modes_opened_together(engines)
+        for engine in engines:
+            engine.dispose()
+        assert errors == [] and modes == ["wal"] * len(engines)
+
+
 def _expire_leases(store):
     with store.sessions.begin() as session:
         session.execute(update(JobRow).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
