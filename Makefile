@@ -15,6 +15,10 @@ export TOKENIZERS_PARALLELISM ?= false
 
 DEMO_SPEC ?= examples/movielens-rating.yaml
 PYTEST_ARGS ?=
+# pytest-xdist workers for `test` and `test-fast` (0: one process). Two on 2 cores pays: the Ray tests
+# leave cores idle while they wait for processes to start and jobs to move.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --no-loadscope-reorder
 
 .PHONY: demo test test-fast venv smollm2 browser lint typecheck clean
 
@@ -45,11 +49,11 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The tests that start neither Ray nor a `prime-ray up` stack and take under a minute each.
 test-fast: $(STAMP) browser
-	$(BIN)/python -m pytest -m "not ray and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not ray and not slow" $(PYTEST_ARGS)
 
 # Paths and settings are in pyproject.toml ([tool.ruff], [tool.mypy]). `lint` runs ruff, then mypy on
 # prime_ray/; both are clean and CI enforces them. `typecheck` runs mypy alone.
