@@ -223,21 +223,29 @@ def test_claims_at_the_same_moment_never_share_a_job(store):
     assert all(owners[job_id] == owner for owner, owned in claimed.items() for job_id in owned)
 
 
-def test_gateways_starting_together_migrate_once(db_url):
-    engines = [make_engine(db_url) for _ in range(3)]
-    errors = []
+def _at_once(call, engines):
+    """`call(engine)` for every engine, each in its own thread, all let go at the same moment: what the
+    calls returned, and what they raised."""
+    barrier, results, errors = threading.Barrier(len(engines)), [], []
 
-    def start(engine):
+    def run(engine):
+        barrier.wait()
         try:
-            migrate(engine)
-        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            results.append(call(engine))
+        except Exception as e:  # noqa: BLE001 - collected and asserted by the caller
             errors.append(e)
 
-    threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+    threads = [threading.Thread(target=run, args=(engine,)) for engine in engines]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return results, errors
+
+
+def test_gateways_starting_together_migrate_once(db_url):
+    engines = [make_engine(db_url) for _ in range(3)]
+    _, errors = _at_once(migrate, engines)
     with engines[0].connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     for engine in engines:
@@ -245,24 +253,9 @@ def test_gateways_starting_together_migrate_once(db_url):
     assert errors == []  # one migrates, the others wait for it, then find the schema at head
 
 
-def _journal_modes_opened_together(engines):
-    """Each engine's first connection, all opened at the same moment: their journal modes, and errors."""
-    barrier, modes, errors = threading.Barrier(len(engines)), [], []
-
-    def connect(engine):
-        barrier.wait()
-        try:
-            with engine.connect() as connection:
-                modes.append(connection.exec_driver_sql("PRAGMA journal_mode").scalar())
-        except Exception as e:  # noqa: BLE001 - collected and asserted by the caller
-            errors.append(e)
-
-    threads = [threading.Thread(target=connect, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return modes, errors
+def _journal_mode(engine):
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("PRAGMA journal_mode").scalar()
 
 
 def test_gateways_opening_a_new_sqlite_file_together_all_get_wal(tmp_path):
@@ -270,7 +263,7 @@ def test_gateways_opening_a_new_sqlite_file_together_all_get_wal(tmp_path):
     # timeout; each round opens a new file from six engines at once, as gateways starting together do.
     for round_ in range(50):
         engines = [make_engine(f"sqlite:///{tmp_path}/{round_}.db") for _ in range(6)]
-        modes, errors = _journal_modes_opened_together(engines)
+        modes, errors = _at_once(_journal_mode, engines)
         for engine in engines:
             engine.dispose()
         assert errors == [] and modes == ["wal"] * len(engines)
