@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from prime_ray.distributed.cluster import ensure_ray
+from prime_ray.distributed.cluster import disconnect_ray, ensure_ray
 from prime_ray.distributed.train import StudentRun, train_students
 from prime_ray.models.loading import load_model
 from prime_ray.paths import configure_environment
@@ -167,6 +167,7 @@ def main() -> None:
         print(f"Ray Train + DeepSpeed ZeRO-2, 1 worker x 1 CPU, same plan: {ray_one:,.0f} tokens/s")
         print(f"Ray Train + DeepSpeed ZeRO-2, 2 workers x 1 CPU, same plan: {ray_two:,.0f} tokens/s "
               f"({ray_two / plain:.2f}x the plain step on one thread)")
+    disconnect_ray()  # before the last lines: Ray's workers' late log lines would follow them otherwise
     print("load average at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print(f"RATIO ray_vs_plain={ray_one / plain:.2f} packed_vs_padded={packed / padded:.2f}")
 
