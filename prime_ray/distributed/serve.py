@@ -124,8 +124,7 @@ class Generalist:
         return dataclasses.asdict(await self.generate(prompt, SamplingParams(**body)))
 
     def check_health(self) -> None:
-        if self.engine is None:
-            raise RuntimeError("the generation engine is closed")
+        self._open_engine()
 
     def __del__(self) -> None:
         # Serve calls __del__ when it stops a replica: free the model (GPU memory) right away.

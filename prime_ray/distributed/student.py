@@ -118,8 +118,7 @@ class Student:
         return self.info()
 
     def check_health(self) -> None:
-        if self.student is None:
-            raise RuntimeError("the student is closed")
+        self._open_student()
 
     def __del__(self) -> None:
         student, self.student = getattr(self, "student", None), None
