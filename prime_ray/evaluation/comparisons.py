@@ -122,8 +122,7 @@ def _best(modes: Sequence[str], values: Mapping[str, float | None], lower_is_bet
     if not measured:
         return None
     sign = 1 if lower_is_better else -1
-    order = list(measured)
-    return min(order, key=lambda m: (sign * measured[m], order.index(m)))
+    return min(measured, key=lambda m: sign * measured[m])  # min keeps the first of equal values
 
 
 def _compare(a: str | None, b: str | None, why: str, split: str, scores: Mapping[str, Mapping[str, float]],
