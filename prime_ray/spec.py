@@ -60,7 +60,8 @@ class ModelSpec(_Strict):
     gguf_file: str | None = Field(None, description="A GGUF file inside `name_or_path` to load from.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="`auto`: bfloat16 on GPU, float32 on CPU."
+        "auto", description="`auto`: bfloat16 on GPU and on CPUs with bfloat16 matrix units (Intel AMX), "
+        "float32 on other CPUs. For inference: training takes its precision from `train.use_gpu`."
     )
     trust_remote_code: bool = Field(False, description="Let transformers run the model repository's own code.")
 
@@ -262,7 +263,10 @@ class GeneralistSpec(_Strict):
     replicas: int = Field(1, gt=0, description="Serve replicas of the generalist.")
     num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica.")
     num_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (fractions share one).")
-    max_batch_size: int = Field(16, gt=0, description="`@serve.batch` max batch size.")
+    max_batch_size: int = Field(
+        16, gt=0, description="Engine batch size: the most prompts the engine decodes at once. A replica joins the "
+        "queued requests of equal sampling params and adapter, and decodes them in batches of this size."
+    )
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="`@serve.batch` wait for a fuller batch.")
     max_concurrency: int = Field(
         2, gt=0, description="Ray Data workers calling the deployment at once (0.1 CPU each: they wait on it)."

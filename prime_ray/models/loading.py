@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PACKAGED_MODELS",
     "ModelNotAvailableError",
+    "cpu_has_bf16_matmul",
     "load_model",
     "load_tokenizer",
     "resolve_dtype",
@@ -240,12 +241,27 @@ PACKAGED_MODELS = ("tiny-test", "smollm2-135m-instruct")
 # --------------------------------------------------------------------------------------- loading
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles).
+
+    There bfloat16 is the faster inference dtype: SmolLM2-135M, 24 prompts of 271 tokens, 2 cores of a
+    Xeon with AMX: prefill 1.95 s against 7.32 s in float32, 96 new tokens 11.4 s against 20.0 s. A CPU
+    without it emulates bfloat16 and is slower than in float32.
+    """
+    import torch
+
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own probe (private, torch >= 2.3)
+    return bool(check is not None and check())
+
+
 def resolve_dtype(dtype: str, device: str):
-    """The torch dtype for a ModelSpec dtype name: `auto` is bfloat16 on CUDA, float32 elsewhere."""
+    """The torch dtype for a ModelSpec dtype name: `auto` is bfloat16 on CUDA and on CPUs with bfloat16
+    matrix units (`cpu_has_bf16_matmul`), float32 on other CPUs."""
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        fast_bf16 = str(device).startswith("cuda") or (str(device) == "cpu" and cpu_has_bf16_matmul())
+        return torch.bfloat16 if fast_bf16 else torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:

@@ -30,7 +30,7 @@ def test_tiny_model_shape_tokenizer_and_template():
     assert config.max_position_embeddings >= 1024
     assert 512 <= len(tokenizer) <= 1024 and config.vocab_size == len(tokenizer)
     assert tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
-    assert model.dtype == torch.float32 and not model.training
+    assert model.dtype == resolve_dtype("auto", "cpu") and not model.training
     rendered = tokenizer.apply_chat_template(
         [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False, add_generation_prompt=True
     )
@@ -92,8 +92,12 @@ def test_local_directory_loads_like_the_packaged_name():
     assert model.dtype == torch.bfloat16 and model.config.hidden_size == 64
 
 
-def test_resolve_dtype():
+def test_resolve_dtype(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16  # bfloat16 matrix units: the faster dtype
+    assert resolve_dtype("float32", "cpu") == torch.float32  # an explicit dtype always wins
     assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
     assert resolve_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):

@@ -31,7 +31,7 @@ class Trace:
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tokenizer = load_model(ModelSpec(name_or_path="tiny-test"))
+    model, tokenizer = load_model(ModelSpec(name_or_path="tiny-test"), dtype="float32")  # as training loads it
     return model, tokenizer
 
 

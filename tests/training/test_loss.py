@@ -31,7 +31,7 @@ def forward_terms(model, batch: Batch, think_weight: float) -> LossTerms:
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    base, _ = load_model(ModelSpec(name_or_path="tiny-test"))
+    base, _ = load_model(ModelSpec(name_or_path="tiny-test"), dtype="float32")  # as training loads it
     return attach_lora(base, LoraSpec(r=4, alpha=8))
 
 
