@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from prime_ray.spec import ModelSpec
@@ -33,14 +34,21 @@ class Generation:
 
 
 class GenerationEngine(abc.ABC):
+    """A model that generates and scores batches of prompts.
+
+    `adapters`: the names of the LoRA adapters a call may choose with `adapter=` (None: the model
+    itself); a name the engine was not built with raises ValueError.
+    """
+
     name: ClassVar[str]
+    adapters: tuple[str, ...] = ()
 
     @abc.abstractmethod
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[str], params: SamplingParams, adapter: str | None = None) -> list[Generation]:
         """One completion per prompt, in order. Prompts are fully rendered text (chat template applied)."""
 
     @abc.abstractmethod
-    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+    def score(self, prompts: list[str], continuations: list[str], adapter: str | None = None) -> list[float]:
         """Sum of log p(continuation tokens | prompt) for each pair, in nats."""
 
     def close(self) -> None:  # noqa: B027 - an optional hook
@@ -73,9 +81,11 @@ def create_engine(
     backend: str = "hf",
     device: str = "auto",
     adapter_path: str | None = None,
+    adapters: Mapping[str, str | Path] | None = None,
     max_batch_size: int = 16,
 ) -> GenerationEngine:
-    """Build an engine for `model`, optionally with a PEFT LoRA adapter applied (a trained student).
+    """Build an engine for `model`, optionally with a PEFT LoRA adapter applied (a trained student) and
+    named adapters that each call may choose (`generate(..., adapter=name)`).
 
     Raises ValueError for a backend that is neither registered nor a built-in one.
     """
@@ -84,4 +94,5 @@ def create_engine(
     if backend not in ENGINES:
         known = sorted(set(ENGINES) | set(BUILTIN_BACKENDS))
         raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(known)}")
-    return ENGINES[backend](model=model, device=device, adapter_path=adapter_path, max_batch_size=max_batch_size)
+    return ENGINES[backend](model=model, device=device, adapter_path=adapter_path, adapters=adapters,
+                            max_batch_size=max_batch_size)

@@ -10,14 +10,18 @@
 - Scoring right-pads prompt + continuation, computes logits only at the positions that predict a
   continuation token, and sums the continuation tokens' log-probabilities.
 - Prompts are already rendered with the chat template: they are tokenized without special tokens.
+- `adapter_path` merges one LoRA adapter for good (a student served alone); `adapters` are named LoRA
+  adapters a call chooses (`adapter=`), merged in place before it (`MergedAdapters`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
+from prime_ray.engine.adapters import MergedAdapters, check_adapter_dir
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
 from prime_ray.models.loading import load_model
 from prime_ray.spec import ModelSpec
@@ -47,7 +51,7 @@ def _chunks(order: list[int], size: int):
 
 @register_engine("hf")
 class HFEngine(GenerationEngine):
-    """A Hugging Face causal LM, optionally with a PEFT LoRA adapter merged in."""
+    """A Hugging Face causal LM, optionally with a PEFT LoRA adapter merged in and named adapters to choose per call."""
 
     name = "hf"
 
@@ -57,6 +61,7 @@ class HFEngine(GenerationEngine):
         model: ModelSpec,
         device: str = "auto",
         adapter_path: str | None = None,
+        adapters: Mapping[str, str | Path] | None = None,
         max_batch_size: int = 16,
     ):
         if max_batch_size < 1:
@@ -67,6 +72,8 @@ class HFEngine(GenerationEngine):
         self.model, self.tokenizer = load_model(model, device=self.device)
         if adapter_path is not None:
             self.model = _apply_adapter(self.model, adapter_path)
+        self._adapters = MergedAdapters(self.model, adapters) if adapters else None
+        self.adapters = self._adapters.names if self._adapters else ()
         self.eos_token_ids = _eos_ids(self.model, self.tokenizer)
         self.pad_token_id = self.tokenizer.pad_token_id
 
@@ -145,8 +152,15 @@ class HFEngine(GenerationEngine):
                 lo = mid + 1
         return lo
 
+    def _activate(self, adapter: str | None) -> None:
+        if self._adapters is not None:
+            self._adapters.activate(adapter)
+        elif adapter is not None:
+            raise ValueError(f"unknown adapter {adapter!r}: this engine was built without named adapters")
+
     @torch.inference_mode()
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[str], params: SamplingParams, adapter: str | None = None) -> list[Generation]:
+        self._activate(adapter)
         if not prompts:
             return []
         encoded = self._encode(prompts)
@@ -168,7 +182,8 @@ class HFEngine(GenerationEngine):
     # ---------------------------------------------------------------------------------- score
 
     @torch.inference_mode()
-    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+    def score(self, prompts: list[str], continuations: list[str], adapter: str | None = None) -> list[float]:
+        self._activate(adapter)
         if len(prompts) != len(continuations):
             raise ValueError(f"score needs one continuation per prompt: {len(prompts)} prompts, {len(continuations)} continuations")
         if not prompts:
@@ -216,10 +231,6 @@ class HFEngine(GenerationEngine):
 
 def _apply_adapter(model, adapter_path: str):
     """Merge a PEFT LoRA adapter into the base weights (faster generation than an unmerged adapter)."""
-    from pathlib import Path
-
     from peft import PeftModel
 
-    if not (Path(adapter_path) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no PEFT adapter at {adapter_path} (adapter_config.json missing)")
-    return PeftModel.from_pretrained(model, adapter_path).merge_and_unload().eval()
+    return PeftModel.from_pretrained(model, str(check_adapter_dir(adapter_path))).merge_and_unload().eval()

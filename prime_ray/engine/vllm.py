@@ -6,7 +6,8 @@ Mapping to the shared semantics:
   seed and prompts give the same texts;
 - stop strings are kept in the text (`include_stop_str_in_output`), as the transformers backend does;
 - scoring feeds prompt + continuation token ids and sums the continuation's prompt log-probabilities;
-- a LoRA adapter is served with a `LoRARequest` (no merge);
+- a LoRA adapter (`adapter_path`, or the named `adapters` a call chooses) is served with a `LoRARequest`
+  (no merge);
 - vLLM schedules its own batches: `max_batch_size` (the Serve batch size) does not cap them.
 vLLM is imported when an engine is built, so the package imports without it.
 """
@@ -14,8 +15,10 @@ vLLM is imported when an engine is built, so the package imports without it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+from prime_ray.engine.adapters import check_adapter_dir
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
 from prime_ray.models.loading import load_tokenizer, resolve_model_path
 from prime_ray.spec import ModelSpec, derive_seed
@@ -45,6 +48,7 @@ class VLLMEngine(GenerationEngine):
         model: ModelSpec,
         device: str = "auto",
         adapter_path: str | None = None,
+        adapters: Mapping[str, str | Path] | None = None,
         max_batch_size: int = 16,
     ):
         vllm, lora_request_cls = _import_vllm()
@@ -52,15 +56,18 @@ class VLLMEngine(GenerationEngine):
             raise ValueError(f"the vllm backend runs on CUDA devices, not {device!r}; use backend 'hf'")
         self.tokenizer = load_tokenizer(model)
         dtype = "bfloat16" if model.dtype == "auto" else model.dtype
-        lora_kwargs = {}
-        self.lora_request = None
+        # None: the model itself, or `adapter_path`'s adapter; a name: one of `adapters`
+        paths: dict[str | None, Path] = {name: check_adapter_dir(path) for name, path in (adapters or {}).items()}
         if adapter_path is not None:
-            config_file = Path(adapter_path) / "adapter_config.json"
-            if not config_file.is_file():
-                raise FileNotFoundError(f"no PEFT adapter at {adapter_path} (adapter_config.json missing)")
-            rank = int(json.loads(config_file.read_text())["r"])
-            lora_kwargs = {"enable_lora": True, "max_lora_rank": max(rank, 8), "max_loras": 1}
-            self.lora_request = lora_request_cls("student", 1, str(adapter_path))
+            paths[None] = check_adapter_dir(adapter_path)
+        self.adapters = tuple(name for name in paths if name is not None)
+        self.lora_requests = {
+            name: lora_request_cls(name or "student", i + 1, str(path)) for i, (name, path) in enumerate(paths.items())
+        }
+        lora_kwargs = {}
+        if paths:
+            rank = max(int(json.loads((path / "adapter_config.json").read_text())["r"]) for path in paths.values())
+            lora_kwargs = {"enable_lora": True, "max_lora_rank": max(rank, 8), "max_loras": len(paths)}
         self.llm = vllm.LLM(
             model=resolve_model_path(model),
             dtype=dtype,
@@ -72,7 +79,13 @@ class VLLMEngine(GenerationEngine):
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def _lora_request(self, adapter: str | None):
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"unknown adapter {adapter!r}; this engine has {', '.join(self.adapters) or 'none'}")
+        return self.lora_requests.get(adapter)
+
+    def generate(self, prompts: list[str], params: SamplingParams, adapter: str | None = None) -> list[Generation]:
+        lora_request = self._lora_request(adapter)
         if not prompts:
             return []
         encoded = self._encode(prompts)
@@ -90,7 +103,7 @@ class VLLMEngine(GenerationEngine):
             )
             for index in range(len(prompts))
         ]
-        outputs = self.llm.generate(requests, sampling, lora_request=self.lora_request, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, lora_request=lora_request, use_tqdm=False)
         results = []
         for out in outputs:
             completion = out.outputs[0]
@@ -104,7 +117,8 @@ class VLLMEngine(GenerationEngine):
             )
         return results
 
-    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+    def score(self, prompts: list[str], continuations: list[str], adapter: str | None = None) -> list[float]:
+        lora_request = self._lora_request(adapter)
         if len(prompts) != len(continuations):
             raise ValueError(f"score needs one continuation per prompt: {len(prompts)} prompts, {len(continuations)} continuations")
         if not prompts:
@@ -114,7 +128,7 @@ class VLLMEngine(GenerationEngine):
         requests = [{"prompt_token_ids": h + t} for h, t in zip(heads, tails)]
         # One generated token is the least vLLM allows; the prompt log-probabilities are what we read.
         sampling = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
-        outputs = self.llm.generate(requests, sampling, lora_request=self.lora_request, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, lora_request=lora_request, use_tqdm=False)
         scores = []
         for head, tail, out in zip(heads, tails, outputs):
             ids = head + tail

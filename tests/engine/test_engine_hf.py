@@ -13,7 +13,9 @@ from prime_ray.models.parser import parse_output
 from prime_ray.models.prompts import render_prompt
 from prime_ray.spec import ModelSpec, PromptMode, PromptTemplates, RatingTask
 
-TINY = ModelSpec(name_or_path="tiny-test")
+# float32 on every machine: the tests compare with computations done one row at a time, which bfloat16
+# (`auto` on CPUs with AMX) matches only to its precision; test_auto_dtype_* covers bfloat16.
+TINY = ModelSpec(name_or_path="tiny-test", dtype="float32")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,3 +192,16 @@ def test_smollm2_engine_from_the_packaged_gguf():
     assert "4" in generation.text
     answer, other = engine.score([prompt, prompt], ["The answer is 4.", "The answer is 9."])
     assert answer > other
+
+
+def test_auto_dtype_on_a_cpu_with_bf16_matrix_units_generates_and_scores_like_float32(monkeypatch, prompts):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # bfloat16 runs (emulated) anywhere
+    fast = create_engine(ModelSpec(name_or_path="tiny-test"), device="cpu", max_batch_size=2)
+    exact = create_engine(TINY, device="cpu", max_batch_size=2)
+    assert fast.model.dtype == torch.bfloat16 and exact.model.dtype == torch.float32
+    continuations = ["Answer: 4", "<think>\nlikes it\n</think>\nAnswer: 5", "x", "Answer: 12", ""]
+    fast_scores, exact_scores = fast.score(prompts, continuations), exact.score(prompts, continuations)
+    assert fast_scores == pytest.approx(exact_scores, abs=0.05 * max(map(abs, exact_scores)))
+    params = SamplingParams(max_new_tokens=4)
+    first_tokens = [g.text[:3] for g in fast.generate(prompts, params)]
+    assert sum(a == g.text[:3] for a, g in zip(first_tokens, exact.generate(prompts, params))) >= len(prompts) - 1
