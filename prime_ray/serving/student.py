@@ -4,11 +4,11 @@
     student.predict([PredictRequest(user_id="u17", input="Toy Story (1995)")])
 
 - **One base model, adapters selected per request.** The base model is loaded once through the
-  generation engine (`create_engine`, transformers backend); PEFT puts the job's adapters on it by
-  name (`prime`: train/prime/adapter, `fast`: train/fast/adapter) and `generalist` is the same model
-  with the adapters switched off. A batch of requests is grouped by (adapter, sampling parameters):
-  one engine call per group, each with its adapter active, so users share batches and no adapter needs
-  its own copy of the model.
+  transformers engine (`HFEngine`) with the job's adapters by name (`prime`: train/prime/adapter,
+  `fast`: train/fast/adapter); `generalist` is the model without them. A batch of requests is grouped
+  by (adapter, sampling parameters): one engine call per group, its adapter merged into the weights
+  for that call (`engine.adapters.MergedAdapters`), so users share batches and no adapter needs its
+  own copy of the model.
 - **The prompt the job trained and evaluated with**: `render_prompt` with the job's task and templates;
   in personal modes, the user's profile and their top-k episodes for the input (`ServingMemory`).
 - **The answer** parsed with the job's task (`parse_output`).
@@ -19,16 +19,16 @@ an input that does not fit the model's context or a mode the prompts do not know
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from prime_ray.data.schema import Item
-from prime_ray.engine.base import Generation, SamplingParams, create_engine
+from prime_ray.engine.base import Generation, SamplingParams
+from prime_ray.engine.hf import HFEngine
 from prime_ray.memory.profiles import clean_profile, profile_params, profile_prompt
 from prime_ray.models.loading import load_tokenizer
 from prime_ray.models.parser import parse_output
@@ -83,29 +83,6 @@ def job_adapters(job_dir: Path) -> dict[str, Path]:
     return trained_adapters(Path(job_dir) / "train")
 
 
-def attach_adapters(model: Any, adapters: dict[str, Path]) -> Any:
-    """The base model wrapped by PEFT with every adapter loaded under its name (none active is the base)."""
-    from peft import PeftModel
-
-    names = list(adapters)
-    if not names:
-        return model
-    peft_model = PeftModel.from_pretrained(model, str(adapters[names[0]]), adapter_name=names[0])
-    for name in names[1:]:
-        peft_model.load_adapter(str(adapters[name]), adapter_name=name)
-    return peft_model.eval()
-
-
-class ModelEngine(Protocol):
-    """A generation engine that exposes its model (the transformers backend's), so PEFT can hold the adapters."""
-
-    model: Any  # the PeftModel over the base model, once `attach_adapters` has wrapped it
-
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]: ...
-
-    def close(self) -> None: ...
-
-
 class ServedStudent:
     """A job's base model with its adapters and its users' memory (plain Python: Serve wraps it)."""
 
@@ -114,17 +91,12 @@ class ServedStudent:
         self.spec = spec
         self.job_id = spec.name
         self.adapter_dirs = job_adapters(self.job_dir)
-        # The transformers backend: PEFT needs the model object itself to switch adapters per batch.
-        engine = create_engine(spec.model, backend="hf", device=device, max_batch_size=max_batch_size)
-        if not hasattr(engine, "model"):
-            raise RuntimeError(f"the {engine.name!r} engine exposes no model to put the adapters on")
-        engine.model = attach_adapters(engine.model, self.adapter_dirs)
-        self.engine: ModelEngine = engine
+        self.engine = HFEngine(model=spec.model, device=device, max_batch_size=max_batch_size, adapters=self.adapter_dirs)
         self.tokenizer = load_tokenizer(spec.model)
         config = self.engine.model.config
         self.context_tokens = int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
         self.memory = ServingMemory(self.job_dir, spec)
-        self._engine_lock = threading.Lock()  # one engine call at a time: adapters are switched on the model
+        self._engine_lock = threading.Lock()  # one engine call at a time: adapters are merged into the weights
 
     @classmethod
     def load(cls, job_dir: str | Path, **kwargs: Any) -> ServedStudent:
@@ -199,19 +171,9 @@ class ServedStudent:
         return [out[i] for i in range(len(prepared))]  # every index is in one group
 
     def generate_with(self, adapter: str, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        """The engine's generation with `adapter` active (`generalist`: every adapter off)."""
-        with self._engine_lock, self._active(adapter):
-            return self.engine.generate(prompts, params)
-
-    @contextlib.contextmanager
-    def _active(self, adapter: str) -> Iterator[None]:
-        model = self.engine.model
-        if adapter == GENERALIST:
-            with model.disable_adapter() if self.adapter_dirs else contextlib.nullcontext():
-                yield
-        else:
-            model.set_adapter(adapter)
-            yield
+        """The engine's generation with `adapter` active (`generalist`: the base model)."""
+        with self._engine_lock:
+            return self.engine.generate(prompts, params, None if adapter == GENERALIST else adapter)
 
     def answer(self, p: Prepared, generation: Generation) -> Prediction:
         parsed = parse_output(generation.text, self.spec.data.task, p.request.candidates)
