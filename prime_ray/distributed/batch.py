@@ -1,6 +1,7 @@
 """Per-user work against the generalist on Serve, through Ray Data: the memory, traces and eval stages.
 
     with GeneralistMap(spec, app_name=app_name(spec.name, "traces")) as g:   # Serve app up ... deleted
+                                                          # (adapters={...}: students beside G)
         result = g.map_users(rows, TraceSynthesizer, SynthesisConfig(...),
                              parts_dir=out_dir / "parts", on_user_done=callback)
     result.rows, result.failures, result.resumed
@@ -15,7 +16,9 @@
   the replicas). Users are packed whole into calls of about `rows_per_call` rows, so a worker issues each
   step of its work (a synthesis step, an eval mode) for all its users at once: with the defaults one
   worker's step alone fills the replicas' `@serve.batch`, and the other worker's step is queued behind
-  it, so the replica never waits on a worker.
+  it, so the replica never waits on a worker. A worker whose rows go out in several engine batches
+  (the eval's direct and think rows, per model) says so with an optional `batch_key(row)`: the calls
+  are then sized so that the largest group of equal keys holds about `rows_per_call` rows.
 - **Nothing lost**: each finished user's rows are written at once to `parts_dir/<user>.jsonl`
   (atomically); a re-run reads the parts and sends only the other users, so a crash redoes only the
   users that were in flight. A call that raises is retried user by user: a user that still fails is
@@ -31,7 +34,8 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -67,6 +71,8 @@ class UserWorker(Protocol):
     - `__call__(rows)`: rows of one or more users (JSON-able dicts, each user's rows together) ->
       result rows (JSON-able dicts), each with the `user_id` of its user. Raising fails every user of
       the call; they are then retried one by one.
+    - optionally `batch_key(row) -> Hashable` (a staticmethod): rows of equal keys go to the generalist
+      in one batch (see the module docstring); without it, all rows of a call form one group.
     """
 
     config_type: ClassVar[type[BaseModel]]
@@ -191,20 +197,29 @@ def users_per_call(rows_per_user: float, rows_per_call: int) -> int:
     return max(1, math.floor(rows_per_call / max(rows_per_user, 1.0)))
 
 
+def batch_rows_per_user(users: Mapping[str, Sequence[dict]], batch_key: Callable[[dict], Hashable] | None) -> float:
+    """Rows per user of the largest group of equal `batch_key` (all rows when there is no key)."""
+    keys = Counter(batch_key(row) if batch_key else None for rows in users.values() for row in rows)
+    return max(keys.values(), default=0) / max(len(users), 1)
+
+
 class GeneralistMap:
-    """The generalist (optionally with a student's adapter) on Serve, and Ray Data workers driving it.
+    """The generalist on Serve (with `adapter_path` merged, and named `adapters` a request chooses:
+    `generate(prompts, params, adapter=name)`), and Ray Data workers driving it.
 
     A context manager: entering deploys the Serve app `app_name` (see `start_generalist`), leaving
     deletes it, however the block is left.
     """
 
-    def __init__(self, spec: JobSpec, *, app_name: str, adapter_path: str | None = None):
-        self.spec, self.app_name, self.adapter_path = spec, app_name, adapter_path
+    def __init__(self, spec: JobSpec, *, app_name: str, adapter_path: str | None = None,
+                 adapters: dict[str, str] | None = None):
+        self.spec, self.app_name, self.adapter_path, self.adapters = spec, app_name, adapter_path, adapters
         self.handle: GeneralistHandle | None = None
 
     def __enter__(self) -> GeneralistMap:
         try:
-            self.handle = start_generalist(self.spec, app_name=self.app_name, adapter_path=self.adapter_path)
+            self.handle = start_generalist(self.spec, app_name=self.app_name, adapter_path=self.adapter_path,
+                                           adapters=self.adapters)
         except BaseException:
             stop_generalist(self.app_name)  # a half-deployed app must not keep its CPUs
             raise
@@ -251,7 +266,8 @@ class GeneralistMap:
 
     def _run(self, users, todo, worker_cls, config, parts_dir, done, failures, on_user_done) -> None:
         g = self.spec.generalist
-        per_call = users_per_call(sum(len(users[u]) for u in todo) / len(todo), g.resolved_rows_per_call)
+        rows_per_user = batch_rows_per_user({u: users[u] for u in todo}, getattr(worker_cls, "batch_key", None))
+        per_call = users_per_call(rows_per_user, g.resolved_rows_per_call)
         per_call = math.ceil(len(todo) / math.ceil(len(todo) / per_call))  # calls of equal size, not a small last one
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -264,7 +280,9 @@ class GeneralistMap:
         mapped = dataset.map_batches(
             _UserBatchWorker,
             fn_constructor_kwargs={"worker_cls": worker_cls, "config": config, "app_name": self.app_name},
-            batch_size=per_call,
+            # a block is one call: a batch size would make Ray Data bundle blocks up to it, and it then
+            # put every block into one task, whose calls ran one after the other on one worker
+            batch_size=None,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=0.1,  # the workers only wait on the replicas: the CPUs are the model's

@@ -1,26 +1,23 @@
 """`serve.batch` for methods, with the types it has at run time.
 
-`serve.batch` batches every argument of a method (`prompts: list[str], params: list[SamplingParams]`
-is called one `(prompt, params)` at a time) and gives the wrapper `set_max_batch_size` and
-`set_batch_wait_timeout_s` (Ray's docs use them). Ray's own hints cover one batched argument and omit
-the setters; `batch` here returns the same decorator, described as it behaves: a method of one or two
-batched arguments becomes an awaitable of one item each, with the two setters.
+`serve.batch` turns a method of a list of requests (`requests: list[GenerateRequest]`) into one called
+with a single request, and gives the wrapper `set_max_batch_size` and `set_batch_wait_timeout_s`
+(Ray's docs use them). Ray's own hints omit the setters; `batch` here returns the same decorator,
+described as it behaves: the method becomes an awaitable of one request, with the two setters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar
 
 from ray import serve
 
 S = TypeVar("S")
 A = TypeVar("A")
-B = TypeVar("B")
 R = TypeVar("R")
 S_contra = TypeVar("S_contra", contravariant=True)
 A_contra = TypeVar("A_contra", contravariant=True)
-B_contra = TypeVar("B_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
 
 
@@ -38,26 +35,12 @@ class BoundBatched1(BatchQueue, Protocol[A_contra, R_co]):
     def __call__(self, item: A_contra, /) -> Coroutine[Any, Any, R_co]: ...
 
 
-class BoundBatched2(BatchQueue, Protocol[A_contra, B_contra, R_co]):
-    """A batched method of two arguments, on an instance: called with one item of each."""
-
-    def __call__(self, a: A_contra, b: B_contra, /) -> Coroutine[Any, Any, R_co]: ...
-
-
 class Batched1(Protocol[S_contra, A_contra, R_co]):
     def __get__(self, obj: S_contra, owner: type | None = None, /) -> BoundBatched1[A_contra, R_co]: ...
 
 
-class Batched2(Protocol[S_contra, A_contra, B_contra, R_co]):
-    def __get__(self, obj: S_contra, owner: type | None = None, /) -> BoundBatched2[A_contra, B_contra, R_co]: ...
-
-
 class BatchDecorator(Protocol):
-    @overload
     def __call__(self, method: Callable[[S, list[A]], Awaitable[list[R]]], /) -> Batched1[S, A, R]: ...
-
-    @overload
-    def __call__(self, method: Callable[[S, list[A], list[B]], Awaitable[list[R]]], /) -> Batched2[S, A, B, R]: ...
 
 
 def batch(*, max_batch_size: int, batch_wait_timeout_s: float) -> BatchDecorator:

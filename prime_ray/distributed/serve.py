@@ -1,14 +1,22 @@
 """The frozen generalist as a Ray Serve deployment, and the driver-side API the stages use.
 
-    with generalist(spec) as g:                 # serve.run(...) the app, wait until it is healthy
-        g.generate(prompts, SamplingParams())   # one request per prompt; @serve.batch groups them
+    with generalist(spec, adapters={"prime": path}) as g:   # serve.run(...) the app, wait until it is healthy
+        g.generate(prompts, SamplingParams())               # one request; @serve.batch joins it with others
+        g.generate(prompts, SamplingParams(), adapter="prime")
         g.score(prompts, continuations)
     # the app is deleted on exit (and Serve shut down when no app is left), so the CPUs are free again
 
-Each prompt is its own request, so requests from many callers (Ray Data workers, several stages) meet
-in the replica's `@serve.batch` queue and run as one engine batch. A batch may mix requests with
-different SamplingParams (samples with different seeds, a greedy verification next to a sampled
-trace): it is split into groups of equal params, one engine call per group.
+A request is one caller's prompts with one SamplingParams and adapter (`GenerateRequest`; a Ray Data
+worker sends one per step of its work). Requests from many callers (Ray Data workers, several stages)
+meet in the replica's `@serve.batch` queue; a batch may mix requests with different SamplingParams
+(samples with different seeds, a greedy verification next to a sampled trace) and adapters (the eval
+stage's three models): the replica joins the requests of equal params and adapter into one engine
+call, which decodes them in batches of at most `generalist.max_batch_size` prompts. Sending a step's
+prompts as one request keeps them together: one request per prompt let the Serve batch cut a step's
+prompts across batches, so the engine decoded half-full batches. Named adapters (`adapters`) are
+merged into the weights before their group's call (`engine.adapters.MergedAdapters`), so one app
+serves the generalist and the students at merged speed. A request the engine refuses (an empty prompt,
+say) fails alone: its group is retried one request at a time, and only the refused one gets the error.
 
 The app is also deployable on its own (`serve run` / `serve deploy`, see deploy/serve/generalist.yaml)
 through `app_builder`; it then answers HTTP POSTs of {"prompt": ..., <SamplingParams fields>}.
@@ -23,8 +31,9 @@ import logging
 import math
 import os
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import ray
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +46,31 @@ from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, 
 from prime_ray.spec import GeneralistSpec, JobSpec, ModelSpec
 
 DEPLOYMENT_NAME = "Generalist"
+# Requests in one Serve batch: the eval's calls send six (direct and think rows of three models), and two
+# workers' steps of the same kind should meet in one engine call.
+SERVE_BATCH_REQUESTS = 16
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One caller's prompts, generated with one SamplingParams by the model with `adapter` (None: G)."""
+
+    prompts: tuple[str, ...]
+    params: SamplingParams
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One caller's (prompt, continuation) pairs, scored by the model with `adapter` (None: G)."""
+
+    prompts: tuple[str, ...]
+    continuations: tuple[str, ...]
+    adapter: str | None = None
+
+
+R = TypeVar("R", GenerateRequest, ScoreRequest)
 logger = logging.getLogger(__name__)
 
 
@@ -45,16 +79,17 @@ def app_name(job_name: str, stage: str) -> str:
     return f"{job_name}-{stage}-generalist"
 
 
-def _group_by_params(params: list[SamplingParams]) -> dict[SamplingParams, list[int]]:
-    groups: dict[SamplingParams, list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        groups[p].append(i)
+def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
+    """Indices of equal keys, in first-seen order."""
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
     return groups
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, health_check_period_s=10, health_check_timeout_s=60)
 class Generalist:
-    """Model replicas around a generation engine, with dynamic batching of single-prompt requests."""
+    """Model replicas around a generation engine, batching the requests of many callers."""
 
     def __init__(
         self,
@@ -65,22 +100,19 @@ class Generalist:
         adapter_path: str | None = None,
         device: str = "auto",
         cpu_threads: int | None = None,
+        adapters: dict[str, str] | None = None,
     ):
-        if cpu_threads:
-            # Ray caps a worker's threads at its integer CPU count; a replica given 1.8 CPUs (leaving a
-            # little for the Ray Data workers that only wait on it) should still use 2 cores.
-            import torch
-
-            torch.set_num_threads(cpu_threads)
+        self.cpu_threads = cpu_threads
         self.engine: GenerationEngine | None = create_engine(
             ModelSpec.model_validate(model),
             backend=backend,
             device=device,
             adapter_path=adapter_path,
+            adapters=adapters,
             max_batch_size=max_batch_size,
         )
+        self.max_batch_size = max_batch_size
         for method in (self.generate, self.score):
-            method.set_max_batch_size(max_batch_size)
             method.set_batch_wait_timeout_s(batch_wait_timeout_s)
         # One engine call at a time: a generate batch and a score batch must not share the model's
         # threads (or GPU memory) at once.
@@ -92,36 +124,62 @@ class Generalist:
             raise RuntimeError("the generation engine is closed")
         return self.engine
 
-    @batch(max_batch_size=16, batch_wait_timeout_s=0.05)
-    async def generate(self, prompts: list[str], params: list[SamplingParams]) -> list[Generation]:
-        out: dict[int, Generation] = {}
-        for p, idx in _group_by_params(params).items():
-            self.batch_sizes.append(len(idx))
-            # The engine blocks; a worker thread keeps the replica's event loop (health checks, the
-            # next batch's queue) responsive meanwhile.
+    async def _joined(self, requests: list[R], call: Callable[[GenerationEngine, list[R]], list[Any]]) -> list[Any]:
+        """`call(engine, requests)` once for all `requests` (their items in order), its results split back
+        per request. When it raises, each request is run alone, so only a request the engine refuses
+        gets the error (as its result) and its batch-mates are unharmed."""
+        try:
+            # One engine call at a time; a worker thread keeps the replica's event loop (health checks,
+            # the next batch's queue) responsive meanwhile.
             async with self._engine_lock:
-                done = await asyncio.to_thread(self._open_engine().generate, [prompts[i] for i in idx], p)
-            for i, g in zip(idx, done):
-                out[i] = g
-        return [out[i] for i in range(len(prompts))]  # every index is in one group
+                flat = await in_thread(self.cpu_threads, call, self._open_engine(), requests)
+        except Exception as e:  # noqa: BLE001 - handed to the requests that cause it
+            if len(requests) == 1:
+                return [e]
+            return [(await self._joined([r], call))[0] for r in requests]
+        out, start = [], 0
+        for r in requests:
+            out.append(flat[start : start + len(r.prompts)])
+            start += len(r.prompts)
+        return out
 
-    @batch(max_batch_size=16, batch_wait_timeout_s=0.05)
-    async def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
-        async with self._engine_lock:
-            return await asyncio.to_thread(self._open_engine().score, prompts, continuations)
+    @batch(max_batch_size=SERVE_BATCH_REQUESTS, batch_wait_timeout_s=0.05)
+    async def generate(self, requests: list[GenerateRequest]) -> list[list[Generation] | Exception]:
+        out: dict[int, list[Generation] | Exception] = {}
+        for (params, adapter), idx in _groups([(r.params, r.adapter) for r in requests]).items():
+            n = sum(len(requests[i].prompts) for i in idx)
+            self.batch_sizes.extend(min(self.max_batch_size, n - k) for k in range(0, n, self.max_batch_size))
+
+            def call(engine: GenerationEngine, rs: list[GenerateRequest], p=params, a=adapter) -> list[Generation]:
+                return engine.generate([x for r in rs for x in r.prompts], p, a)
+
+            out.update(zip(idx, await self._joined([requests[i] for i in idx], call)))
+        return [out[i] for i in range(len(requests))]  # every index is in one group
+
+    @batch(max_batch_size=SERVE_BATCH_REQUESTS, batch_wait_timeout_s=0.05)
+    async def score(self, requests: list[ScoreRequest]) -> list[list[float] | Exception]:
+        out: dict[int, list[float] | Exception] = {}
+        for adapter, idx in _groups([r.adapter for r in requests]).items():
+
+            def call(engine: GenerationEngine, rs: list[ScoreRequest], a=adapter) -> list[float]:
+                return engine.score([x for r in rs for x in r.prompts], [c for r in rs for c in r.continuations], a)
+
+            out.update(zip(idx, await self._joined([requests[i] for i in idx], call)))
+        return [out[i] for i in range(len(requests))]
 
     def served_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
 
     async def __call__(self, request) -> dict[str, Any]:
-        """HTTP: POST {"prompt": "...", "max_new_tokens": 64, "temperature": 0.7, ...}."""
+        """HTTP: POST {"prompt": "...", "max_new_tokens": 64, "temperature": 0.7, ..., "adapter": null}."""
         body = await request.json()
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
             raise ValueError('the request body must be a JSON object with a string "prompt"')
-        prompt = body.pop("prompt")
+        prompt, adapter = body.pop("prompt"), body.pop("adapter", None)
         if "stop" in body:
             body["stop"] = tuple(body["stop"])
-        return dataclasses.asdict(await self.generate(prompt, SamplingParams(**body)))
+        [generation] = _raised(await self.generate(GenerateRequest((prompt,), SamplingParams(**body), adapter)))
+        return dataclasses.asdict(generation)
 
     def check_health(self) -> None:
         self._open_engine()
@@ -138,19 +196,21 @@ def generalist_app(
     generalist: GeneralistSpec,
     *,
     adapter_path: str | None = None,
+    adapters: dict[str, str] | None = None,
     device: str = "auto",
     cpu_threads: int | None = None,
 ):
     """The bound Serve application: replicas and their resources from the spec's `generalist`.
 
+    `adapter_path`: a LoRA adapter merged for good; `adapters`: named LoRA adapters a request chooses.
     `cpu_threads`: torch threads per replica (default `generalist.cpu_threads`, else
     ceil(num_cpus_per_replica)).
     """
     # serve.deployment made the class a Deployment; mypy keeps a decorated class's own type
     return cast(Deployment, Generalist).options(
         num_replicas=generalist.replicas,
-        # Requests wait in the replica's batch queue: let enough in for full batches of both methods.
-        max_ongoing_requests=4 * generalist.max_batch_size,
+        # Requests wait in the replica's batch queue: let in enough for full Serve batches of both methods.
+        max_ongoing_requests=4 * SERVE_BATCH_REQUESTS,
         ray_actor_options={
             "num_cpus": generalist.num_cpus_per_replica,
             "num_gpus": generalist.num_gpus_per_replica,
@@ -163,6 +223,7 @@ def generalist_app(
         adapter_path,
         device,
         cpu_threads or generalist.cpu_threads or max(1, math.ceil(generalist.num_cpus_per_replica)),
+        adapters,
     )
 
 
@@ -174,20 +235,49 @@ class GeneralistAppArgs(BaseModel):
     model: ModelSpec = ModelSpec()
     generalist: GeneralistSpec = GeneralistSpec()
     adapter_path: str | None = None
+    adapters: dict[str, str] | None = None
     device: str = "auto"
 
 
 def app_builder(args: dict[str, Any]):
     """For `serve run prime_ray.distributed.serve:app_builder` and Serve config files."""
     parsed = GeneralistAppArgs.model_validate(args or {})
-    return generalist_app(parsed.model, parsed.generalist, adapter_path=parsed.adapter_path, device=parsed.device)
+    return generalist_app(parsed.model, parsed.generalist, adapter_path=parsed.adapter_path, adapters=parsed.adapters,
+                          device=parsed.device)
+
+
+async def in_thread(cpu_threads: int | None, fn: Callable[..., T], /, *args: Any) -> T:
+    """`await asyncio.to_thread(fn, *args)`, with `cpu_threads` torch threads in that thread.
+
+    A deployment runs its engine in a worker thread, so the event loop (health checks, the next batch's
+    queue) stays free. Under OpenMP torch's thread count is per thread, and a new thread starts from
+    OMP_NUM_THREADS, which Ray sets to the actor's integer CPUs: `torch.set_num_threads` in `__init__`
+    left the engine's thread at 1 (measured: 1.91 s against 1.08 s for twenty 2048² matmuls on 2 cores).
+    A replica given 1 CPU on a 2-core machine should still use both cores while the Ray Data workers
+    that only wait on it sleep.
+    """
+
+    def run() -> T:
+        if cpu_threads:
+            import torch
+
+            torch.set_num_threads(cpu_threads)
+        return fn(*args)
+
+    return await asyncio.to_thread(run)
+
+
+def _raised(result: T | Exception) -> T:
+    """A request's result, or its error raised here (the replica returns a refused request's error)."""
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 class GeneralistHandle:
     """Blocking calls to the deployment, usable in the driver and inside Ray tasks and actors.
 
-    Each prompt is sent as its own request and all are in flight at once, so the replicas batch them
-    with whatever else is queued.
+    A call's prompts go as one request, so the replicas batch them together with whatever else is queued.
     """
 
     def __init__(self, handle: DeploymentHandle, app_name: str):
@@ -199,24 +289,25 @@ class GeneralistHandle:
         """The handle of a running app (e.g. from a Ray Data worker)."""
         return cls(serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name), app_name)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        return self.generate_groups([(prompts, params)])[0]
+    def generate(self, prompts: list[str], params: SamplingParams, adapter: str | None = None) -> list[Generation]:
+        return self.generate_groups([(prompts, params, adapter)])[0]
 
-    def generate_groups(self, groups: Sequence[tuple[Sequence[str], SamplingParams]]) -> list[list[Generation]]:
-        """Several generate calls at once, one list of generations per (prompts, params) group, in order.
+    def generate_groups(
+        self, groups: Sequence[tuple[Sequence[str], SamplingParams, str | None]]
+    ) -> list[list[Generation]]:
+        """Several generate calls at once, one list of generations per (prompts, params, adapter) group.
 
-        Every request of every group is in flight before any result is awaited, so the groups meet in
-        the replicas' batches (each batch is split by params, one engine call per group) instead of
-        the second group waiting for the first one's results.
+        Every group's request is in flight before any result is awaited, so the groups meet in the
+        replicas' batches instead of the second group waiting for the first one's results.
         """
-        responses = [[self._handle.generate.remote(p, params) for p in prompts] for prompts, params in groups]
-        return [[r.result() for r in group] for group in responses]
+        responses = [self._handle.generate.remote(GenerateRequest(tuple(prompts), params, adapter))
+                     for prompts, params, adapter in groups]
+        return [_raised(r.result()) for r in responses]
 
-    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
+    def score(self, prompts: list[str], continuations: list[str], adapter: str | None = None) -> list[float]:
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-        responses = [self._handle.score.remote(p, c) for p, c in zip(prompts, continuations)]
-        return [r.result() for r in responses]
+        return _raised(self._handle.score.remote(ScoreRequest(tuple(prompts), tuple(continuations), adapter)).result())
 
     def served_batch_sizes(self) -> list[int]:
         """Engine batch sizes one replica has run (which replica answers is Serve's choice)."""
@@ -238,14 +329,17 @@ def replica_threads(spec: JobSpec) -> int:
     return max(reserved, cpus // g.replicas)
 
 
-def start_generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_path: str | None = None) -> GeneralistHandle:
-    """Deploy G (or G + an adapter) as the Serve app `app_name` and wait until it is running.
+def start_generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_path: str | None = None,
+                     adapters: dict[str, str] | None = None) -> GeneralistHandle:
+    """Deploy G (with `adapter_path` merged, and the named `adapters`) as the Serve app `app_name` and
+    wait until it is running.
 
     Serve's HTTP proxy is not started: the stages call the deployment through handles, and several
     jobs on one machine must not fight over a port.
     """
     serve.start(proxy_location="Disabled")
-    app = generalist_app(spec.model, spec.generalist, adapter_path=adapter_path, cpu_threads=replica_threads(spec))
+    app = generalist_app(spec.model, spec.generalist, adapter_path=adapter_path, adapters=adapters,
+                         cpu_threads=replica_threads(spec))
     # No access log line per request: a trace run sends thousands.
     handle = serve.run(app, name=app_name, route_prefix=None, blocking=False,
                        logging_config={"enable_access_log": False})
@@ -263,8 +357,9 @@ def stop_generalist(app_name: str = "generalist") -> None:
 
 
 @contextlib.contextmanager
-def generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_path: str | None = None) -> Iterator[GeneralistHandle]:
-    handle = start_generalist(spec, app_name=app_name, adapter_path=adapter_path)
+def generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_path: str | None = None,
+               adapters: dict[str, str] | None = None) -> Iterator[GeneralistHandle]:
+    handle = start_generalist(spec, app_name=app_name, adapter_path=adapter_path, adapters=adapters)
     try:
         yield handle
     finally:

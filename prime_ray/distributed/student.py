@@ -20,7 +20,6 @@ The app is also deployable from a Serve config file (deploy/serve/student.yaml) 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import math
@@ -37,6 +36,7 @@ from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from prime_ray.distributed.batching import batch
+from prime_ray.distributed.serve import in_thread
 from prime_ray.engine.base import Generation
 from prime_ray.serving.schemas import HistoryAppend, HistoryAppended, Prediction, PredictRequest, StudentInfo
 from prime_ray.serving.student import Prepared, ServedStudent, ServingError
@@ -69,10 +69,7 @@ class Student:
 
     def __init__(self, job_dir: str, max_batch_size: int, batch_wait_timeout_s: float, device: str = "auto",
                  cpu_threads: int | None = None):
-        if cpu_threads:
-            import torch
-
-            torch.set_num_threads(cpu_threads)  # Ray caps a worker's threads at its integer CPU count
+        self.cpu_threads = cpu_threads  # torch threads of the engine's thread (see `in_thread`)
         self.student: ServedStudent | None = ServedStudent.load(job_dir, device=device, max_batch_size=max_batch_size)
         self._generate.set_max_batch_size(max_batch_size)
         self._generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -87,7 +84,7 @@ class Student:
     async def _generate(self, prepared: list[Prepared]) -> list[Generation]:
         self.batch_sizes.append(len(prepared))
         # The engine blocks: a worker thread keeps the event loop (health checks, the next batch) free.
-        return await asyncio.to_thread(self._open_student().generate, prepared)
+        return await in_thread(self.cpu_threads, self._open_student().generate, prepared)
 
     async def predict(self, request: PredictRequest | dict) -> Prediction:
         """One prediction (ServingError for a caller's mistake, raised before the request is queued)."""
@@ -96,8 +93,8 @@ class Student:
         return student.answer(prepared, await self._generate(prepared))
 
     async def append_history(self, user_id: str, append: HistoryAppend | dict) -> HistoryAppended:
-        return await asyncio.to_thread(self._open_student().append_history, user_id,
-                                       HistoryAppend.model_validate(append))
+        return await in_thread(self.cpu_threads, self._open_student().append_history, user_id,
+                               HistoryAppend.model_validate(append))
 
     def info(self) -> StudentInfo:
         return self._open_student().info()
