@@ -3,7 +3,7 @@
     MODES               mode -> (student whose adapter is loaded or None for G, prompt mode)
     plan_modes          the modes to run and, for the others, why not
     select_examples     per split, the examples evaluated (bounded, seeded)
-    prompt_row          an example's rendered prompt as a worker row
+    prompt_row          an example's rendered prompt as a worker row (and the adapter of its mode's model)
     AnswerUser          a worker: one user's prompt rows -> generated rows (and candidate scores)
     needs_forcing       whether a think-mode output gets its answer forced (budget forcing)
     own_thinking        the model's thinking in an output, as the forced answer continues it
@@ -136,10 +136,11 @@ class AnswerUser:
     `Answer:` greedily within the task kind's answer budget (`answer_tokens`). All forced rows of a
     call go in one more `generate` call; the row's completion tokens are those of both calls.
 
-    A call's rows are sent as (at most) two batched calls: the direct-mode rows with the task's answer
+    A row's `adapter` (None: the generalist itself) names the student that answers it. A call's rows
+    are sent as one batched call per (adapter, kind): the direct-mode rows with the task's answer
     budget (at most `max_new_tokens`, as trace synthesis answers directly), the think-mode rows with
     `max_new_tokens` — a direct answer needs a few tokens, and a batch decodes as many steps as its
-    longest row. A generalist with `generate_groups` (the Serve handle) gets both at once.
+    longest row. A generalist with `generate_groups` (the Serve handle) gets them all at once.
 
     For ranking tasks the answer is parsed here (after forcing), so the candidates can be scored as
     continuations of the model's own reasoning (`completion_text(candidate, trace)`): the trace is the
@@ -159,28 +160,33 @@ class AnswerUser:
         self.forced_params = SamplingParams(max_new_tokens=answer_budget, temperature=0.0, seed=config.seed)
         self.task = config.task
 
-    def _generate_groups(self, groups: list[tuple[list[str], SamplingParams]]) -> list[list[Generation]]:
-        """One list of generations per (prompts, params) group; an empty group is not sent."""
-        sent = [(prompts, params) for prompts, params in groups if prompts]
-        if not sent:
-            return [[] for _ in groups]
+    @staticmethod
+    def batch_key(row: dict) -> tuple[str | None, bool]:
+        """The engine batch a row's generation goes to: its model's adapter, and whether it thinks."""
+        return row.get("adapter"), _is_think(row)
+
+    def _generate(self, prompts: list[str], params: list[SamplingParams], adapters: list[str | None]) -> list[Generation]:
+        """One generation per prompt, sent as one call per (params, adapter) group, all groups at once."""
+        groups: dict[tuple[SamplingParams, str | None], list[int]] = {}
+        for i, key in enumerate(zip(params, adapters)):
+            groups.setdefault(key, []).append(i)
+        sent = [([prompts[i] for i in idx], p, adapter) for (p, adapter), idx in groups.items()]
         many = getattr(self.generalist, "generate_groups", None)
         if many is not None:  # the Serve handle: every group's requests in flight at once
             results = many(sent)
         else:  # an engine (tests, benchmarks) is synchronous: one call after the other
-            results = [self.generalist.generate(prompts, params) for prompts, params in sent]
-        done = iter(results)
-        return [list(next(done)) if prompts else [] for prompts, _ in groups]
+            results = [self.generalist.generate(ps, p, adapter) for ps, p, adapter in sent]
+        out: dict[int, Generation] = {}
+        for idx, gens in zip(groups.values(), results):
+            out.update(zip(idx, gens))
+        return [out[i] for i in range(len(prompts))]
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         # Think modes start inside the think block: the prefix is generated from, and read with the text.
         think = [_is_think(row) for row in rows]
-        direct_gens, think_gens = self._generate_groups([
-            ([r["prompt"] + r.get("prefix", "") for r, t in zip(rows, think) if not t], self.direct_params),
-            ([r["prompt"] + r.get("prefix", "") for r, t in zip(rows, think) if t], self.params),
-        ])
-        by_kind = {False: iter(direct_gens), True: iter(think_gens)}
-        generations = [next(by_kind[t]) for t in think]
+        generations = self._generate([r["prompt"] + r.get("prefix", "") for r in rows],
+                                     [self.params if t else self.direct_params for t in think],
+                                     [r.get("adapter") for r in rows])
         out = [{"user_id": row["user_id"], "mode": row.get("mode", ""), "example_id": row["example_id"],
                 "text": row.get("prefix", "") + gen.text, "completion_tokens": gen.completion_tokens,
                 "finish_reason": gen.finish_reason, "scores": None, "forced": False, "forced_text": None}
@@ -196,11 +202,12 @@ class AnswerUser:
                     result["scores"] = self.generalist.score(
                         [row["prompt"]] * len(row["candidates"]),
                         [completion_text(c, trace) for c in row["candidates"]],
+                        row.get("adapter"),
                     )
         return out
 
     def _force(self, rows: list[dict], out: list[dict], think: list[bool]) -> None:
-        """Force the answers of the think-mode outputs that need it, all in one `generate` call."""
+        """Force the answers of the think-mode outputs that need it, in one `generate` call per adapter."""
         todo = []
         for row, result, is_think in zip(rows, out, think):
             if not is_think:
@@ -211,7 +218,8 @@ class AnswerUser:
         if not todo:
             return
         prompts = [row["prompt"] + answer_prefix(thinking) for row, _, thinking in todo]
-        for (_, result, _), gen in zip(todo, self.generalist.generate(prompts, self.forced_params)):
+        adapters = [row.get("adapter") for row, _, _ in todo]
+        for (_, result, _), gen in zip(todo, self._generate(prompts, [self.forced_params] * len(todo), adapters)):
             result.update(forced=True, forced_text=gen.text,
                           completion_tokens=result["completion_tokens"] + gen.completion_tokens)
 
@@ -263,16 +271,18 @@ def plan_modes(spec: JobSpec, adapters: dict[str, Path]) -> tuple[list[EvalMode]
             skipped[mode.value] = f"no {student} adapter at {adapters[student]}"
     return modes, skipped
 
-def prompt_row(tokenizer, spec: JobSpec, example: Example, mode: PromptMode, memory: dict[str, ExampleMemory]) -> dict:
+def prompt_row(tokenizer, spec: JobSpec, example: Example, mode: EvalMode, memory: dict[str, ExampleMemory]) -> dict:
+    """A worker row of AnswerUser: `mode`'s prompt for `example`, and `adapter`, the student (None: G)."""
+    student, prompt_mode = MODES[mode]
     mem = memory.get(example.example_id)
     if mem is None:
         raise KeyError(f"example {example.example_id} has no row in memory/{MEMORY_FILE}")
     prompt = render_prompt(
-        tokenizer, mode, task=spec.data.task, templates=spec.data.prompts, query_input=example.input,
+        tokenizer, prompt_mode, task=spec.data.task, templates=spec.data.prompts, query_input=example.input,
         candidates=example.candidates, profile=mem.profile, episodes=mem.episodes,
     )
-    return {"user_id": example.user_id, "example_id": example.example_id, "prompt": prompt,
-            "prefix": generation_prefix(mode), "candidates": example.candidates}
+    return {"user_id": example.user_id, "example_id": example.example_id, "mode": mode.value, "prompt": prompt,
+            "prefix": generation_prefix(prompt_mode), "candidates": example.candidates, "adapter": student}
 
 def prediction_record(mode: EvalMode, split: str, example: Example, gen: Generated, task: TaskSpec) -> tuple[dict, Outcome]:
     """One line of predictions.jsonl, and the outcome the metrics read."""

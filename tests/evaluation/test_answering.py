@@ -40,13 +40,16 @@ class ScriptedGeneralist:
     def __init__(self, outputs: dict[str, tuple[str, int, str]], scores: dict[str, float] | None = None):
         self.outputs, self.table = outputs, scores or {}
         self.calls: list[tuple[list[str], SamplingParams]] = []
+        self.adapters: list[str | None] = []  # the adapter of each generate and score call
         self.scored: list[str] = []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, adapter=None):
         self.calls.append((list(prompts), params))
+        self.adapters.append(adapter)
         return [Generation(text, 10, tokens, finish) for text, tokens, finish in (self.outputs[p] for p in prompts)]
 
-    def score(self, prompts, continuations):
+    def score(self, prompts, continuations, adapter=None):
+        self.adapters.append(adapter)
         self.scored += continuations
         return [self.table[c.rsplit("Answer: ", 1)[1]] for c in continuations]
 
@@ -169,10 +172,10 @@ def test_direct_rows_decode_with_the_answer_budget_and_think_rows_with_max_new_t
                        (think, SamplingParams(max_new_tokens=96, temperature=0.5, seed=7))]
     assert [(r["example_id"], r["mode"], r["text"]) for r in out] == [
         (r["example_id"], r["mode"], r["prefix"] + outputs[r["prompt"] + r["prefix"]][0]) for r in rows]
-    # a budget below the answer budget bounds direct rows too
+    # a budget below the answer budget bounds direct rows too: both kinds then decode alike, in one call
     g = ScriptedGeneralist(outputs)
     _worker(g, max_new_tokens=4)(rows)
-    assert [params.max_new_tokens for _, params in g.calls] == [4, 4]
+    assert [(len(prompts), params.max_new_tokens) for prompts, params in g.calls] == [(4, 4)]
     # a call without think rows sends one call
     g = ScriptedGeneralist(outputs)
     _worker(g)([r for r in rows if r["mode"] == DIRECT.value])
@@ -184,20 +187,40 @@ class GroupingGeneralist(ScriptedGeneralist):
 
     def __init__(self, outputs):
         super().__init__(outputs)
-        self.grouped: list[list[tuple[list[str], SamplingParams]]] = []
+        self.grouped: list[list[tuple[list[str], SamplingParams, str | None]]] = []
 
     def generate_groups(self, groups):
-        self.grouped.append([(list(prompts), params) for prompts, params in groups])
+        self.grouped.append([(list(prompts), params, adapter) for prompts, params, adapter in groups])
         return [[Generation(self.outputs[p][0], 10, self.outputs[p][1], self.outputs[p][2]) for p in prompts]
-                for prompts, _ in groups]
+                for prompts, _, _ in groups]
 
 
 def test_a_generalist_that_takes_groups_gets_the_direct_and_think_rows_at_once():
     rows, outputs = _mixed(["u0", "u1"])
     g = GroupingGeneralist(outputs)
     out = _worker(g)(rows)
-    assert g.calls == [] and [[params.max_new_tokens for _, params in group] for group in g.grouped] == [[8, 96]]
+    assert g.calls == [] and [[params.max_new_tokens for _, params, _ in group] for group in g.grouped] == [[8, 96]]
     assert [r["text"] for r in out] == [r["prefix"] + outputs[r["prompt"] + r["prefix"]][0] for r in rows]
+
+
+def test_each_row_is_answered_scored_and_forced_by_its_own_models_adapter():
+    task = RankingTask(hit_k=[1])
+    candidates = ["go home", "stay late"]
+    rows = [_row(mode, candidates=candidates) | {"adapter": adapter, "prompt": f"P-{adapter}|"}
+            for mode, adapter in [(DIRECT, None), (THINK, "prime"), (DIRECT, "prime"), (DIRECT, "fast")]]
+    think = "P-prime|<think>\n"
+    forced = think + "she leaves early\n</think>\nAnswer:"
+    g = ScriptedGeneralist({"P-None|": ("Answer: go home", 3, "stop"), think: ("she leaves early", 96, "length"),
+                            forced: (" stay late", 3, "stop"), "P-prime|": ("Answer: go home", 3, "stop"),
+                            "P-fast|": ("Answer: stay late", 3, "stop")},
+                           scores={"go home": -1.0, "stay late": -2.0})
+    out = _worker(g, task=task)(rows)
+    # generation: one call per (params, adapter), in the order the rows first need them; then the forcing
+    assert [(prompts, adapter) for (prompts, _), adapter in zip(g.calls, g.adapters)] == [
+        (["P-None|"], None), ([think], "prime"), (["P-prime|"], "prime"), (["P-fast|"], "fast"), ([forced], "prime")]
+    assert g.adapters[5:] == [None, "prime", "prime", "fast"]  # each row's candidates scored by its own model
+    assert [r["forced_text"] for r in out] == [None, " stay late", None, None]
+    assert [AnswerUser.batch_key(r) for r in rows] == [(None, False), ("prime", True), ("prime", False), ("fast", False)]
 
 
 def test_without_force_answer_a_cut_off_think_row_stays_unparsed():

@@ -75,11 +75,11 @@ class _FakeGeneralist:
     def __init__(self, text: str, scores: dict[str, float]):
         self.text, self.table, self.scored = text, scores, []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, adapter=None):
         self.prompts = list(prompts)
         return [Generation(self.text, 10, 5, "stop") for _ in prompts]
 
-    def score(self, prompts, continuations):
+    def score(self, prompts, continuations, adapter=None):
         self.scored += continuations
         return [self.table[c.rsplit("Answer: ", 1)[1]] for c in continuations]
 

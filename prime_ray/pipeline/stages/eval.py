@@ -9,9 +9,10 @@ one that reaches no answer line of its own gets its answer forced after that tra
 Beside the modes, the non-LLM references (prime_ray.evaluation.references) answer the same examples;
 the report pairs the modes per example and gives each claim of the method a verdict.
 
-Per model, one Serve app runs G (with the student's adapter) and Ray Data workers send it every
-mode's prompts of several users at once (`GeneralistMap`); the app is stopped before the next model starts, so only one model holds the CPUs/GPUs at a
-time. Decoding is greedy by default (`eval.temperature`), so a mode's answers are reproducible.
+One Serve app runs G with the students' adapters (merged into the weights per engine batch), and Ray
+Data workers send it every mode's prompts of several users at once (`GeneralistMap`), so the three
+models' batches fill from the same users and no app is restarted between models. Decoding is greedy
+by default (`eval.temperature`), so a mode's answers are reproducible.
 Each split (`test_query`: held-out queries of training users; `test_user`: held-out users) is scored
 per mode: task metrics and thinking health with bootstrap intervals (prime_ray.evaluation).
 
@@ -92,22 +93,20 @@ class EvalStage(Stage):
         progress = _Progress(ctx, total=len(evaluated) * len(modes))
         results: list[ModeResult] = []
         samples: list[dict] = []
+        students = {s: adapters[s] for m in modes if (s := MODES[m][0])}
+        generated = self._generate(ctx, modes, evaluated, memory, tokenizer, progress, students)
         with (ctx.out_dir / PREDICTIONS_FILE).open("w") as predictions:
-            for student in dict.fromkeys(MODES[m][0] for m in modes):  # each model once, in mode order
-                student_modes = [m for m in modes if MODES[m][0] == student]
-                generated = self._generate(ctx, student, student_modes, evaluated, memory, tokenizer, progress,
-                                           adapters[student] if student else None)
-                for mode in student_modes:
-                    for split in spec.eval.splits:
-                        records = [prediction_record(mode, split, e, generated[mode.value, e.example_id], task)
-                                   for e in by_split[split]]
-                        for record, _ in records:
-                            predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        samples += [record for record, _ in records[: spec.eval.sample_traces_per_mode]]
-                        result = summarize_mode(task, mode.value, split, [o for _, o in records],
-                                                n_resamples=spec.eval.bootstrap_samples, seed=spec.seed)
-                        results.append(result)
-                        ctx.progress.info(_summary_line(result, task))
+            for mode in modes:
+                for split in spec.eval.splits:
+                    records = [prediction_record(mode, split, e, generated[mode.value, e.example_id], task)
+                               for e in by_split[split]]
+                    for record, _ in records:
+                        predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    samples += [record for record, _ in records[: spec.eval.sample_traces_per_mode]]
+                    result = summarize_mode(task, mode.value, split, [o for _, o in records],
+                                            n_resamples=spec.eval.bootstrap_samples, seed=spec.seed)
+                    results.append(result)
+                    ctx.progress.info(_summary_line(result, task))
         shutil.rmtree(ctx.out_dir / "parts", ignore_errors=True)  # predictions.jsonl holds all of it now
         users_file = ctx.inputs["ingest"] / "users.parquet"
         results += reference_results(task, by_split, read_users(users_file), read_user_roles(users_file),
@@ -139,26 +138,25 @@ class EvalStage(Stage):
         )
 
     @staticmethod
-    def _generate(ctx: StageContext, student: str | None, modes: list[EvalMode], examples: list[Example],
+    def _generate(ctx: StageContext, modes: list[EvalMode], examples: list[Example],
                   memory: dict[str, ExampleMemory], tokenizer, progress: _Progress,
-                  adapter: Path | None) -> dict[tuple[str, str], Generated]:
-        """(mode, example_id) -> output, for every example in every mode of one model (G, or G + the
-        student's adapter): one Serve app, and all the modes' prompts of a user in one worker call.
+                  students: dict[str, Path]) -> dict[tuple[str, str], Generated]:
+        """(mode, example_id) -> output, for every example in every mode: one Serve app (G and the
+        `students`' adapters), and all the modes' prompts of a user in one worker call.
 
-        Finished users are kept under parts/<model>/, so a re-run after a crash redoes only the rest.
+        Finished users are kept under parts/, so a re-run after a crash redoes only the rest.
         """
         from prime_ray.distributed.batch import GeneralistMap, UsersFailed
         from prime_ray.distributed.serve import app_name
 
-        spec, model = ctx.spec, student or "base"
-        rows = [{**prompt_row(tokenizer, spec, e, MODES[mode][1], memory), "mode": mode.value}
-                for e in examples for mode in modes]  # a user's rows stay together
+        spec = ctx.spec
+        rows = [prompt_row(tokenizer, spec, e, mode, memory) for e in examples for mode in modes]  # a user's rows stay together
         config = AnswerConfig(task=spec.data.task, max_new_tokens=spec.eval.max_new_tokens,
                               temperature=spec.eval.temperature, seed=spec.seed, force_answer=spec.eval.force_answer)
-        with GeneralistMap(spec, app_name=app_name(spec.name, f"eval-{model}"),
-                           adapter_path=str(adapter) if adapter else None) as g:
-            result = g.map_users(rows, AnswerUser, config, parts_dir=ctx.out_dir / "parts" / model,
-                                 on_user_done=lambda user_id, out, *_: progress.advance(len(out), model))
+        with GeneralistMap(spec, app_name=app_name(spec.name, "eval"),
+                           adapters={name: str(path) for name, path in students.items()}) as g:
+            result = g.map_users(rows, AnswerUser, config, parts_dir=ctx.out_dir / "parts",
+                                 on_user_done=lambda user_id, out, *_: progress.advance(len(out)))
         if result.failures:
             raise UsersFailed(result.failures)  # a report missing some users' answers would be biased
         return {(r["mode"], r["example_id"]): Generated(**r) for r in result.rows}
@@ -171,9 +169,9 @@ class _Progress:
         self.ctx, self.total, self.done = ctx, total, 0
         ctx.progress.update(0, total)
 
-    def advance(self, n: int, model: str) -> None:
+    def advance(self, n: int) -> None:
         self.done += n
-        self.ctx.progress.update(self.done, self.total, model=model)
+        self.ctx.progress.update(self.done, self.total)
 
 
 def _summary_line(result: ModeResult, task: TaskSpec) -> str:
