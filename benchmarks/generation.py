@@ -4,7 +4,8 @@ engine called directly in-process on the whole batch. Same engine, prompts and p
     .venv/bin/python benchmarks/generation.py                      # SmolLM2-135M-Instruct
     .venv/bin/python benchmarks/generation.py --model tiny-test    # quick run
 
-- serve batched: all requests sent at once through the deployment handle; `@serve.batch` groups them;
+- serve batched: one request per prompt, all sent at once through the deployment handle (many callers);
+  `@serve.batch` joins them into engine batches;
 - serve single:  the same deployment, one request at a time (every engine batch holds one prompt);
 - direct:        `engine.generate(prompts)` in this process, no Ray (the ceiling for the deployment).
 
@@ -97,7 +98,7 @@ def main() -> None:
         with generalist(spec, app_name="bench-generalist") as g:
             measures = {
                 "direct": lambda: engine.generate(prompts, params),
-                "batched": lambda: g.generate(prompts, params),
+                "batched": lambda: [gen for [gen] in g.generate_groups([([p], params, None) for p in prompts])],
                 "single": lambda: [g.generate([p], params)[0] for p in single],
             }
             engine.generate(prompts[: args.batch_size], params)  # warm-up at full batch shape

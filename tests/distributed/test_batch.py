@@ -11,6 +11,7 @@ from prime_ray.distributed.batch import (
     FAILURES_FILE,
     GeneralistMap,
     WorkerContractError,
+    batch_rows_per_user,
     check_worker,
     part_path,
     users_per_call,
@@ -89,6 +90,16 @@ def test_users_are_packed_whole_into_calls():
     assert users_per_call(rows_per_user=2, rows_per_call=16) == 8
     assert users_per_call(rows_per_user=3, rows_per_call=16) == 5
     assert users_per_call(rows_per_user=40, rows_per_call=16) == 1  # a big user still goes, alone
+
+
+def test_calls_are_sized_by_the_largest_group_of_the_workers_batch_key():
+    # two users, each with 3 direct rows of G, 2 think rows of G and 1 think row of a student
+    rows = [{"adapter": a, "prefix": p} for a, p in [(None, ""), (None, ""), (None, ""), (None, "<think>\n"),
+                                                      (None, "<think>\n"), ("prime", "<think>\n")]]
+    users = {"u0": rows, "u1": rows}
+    assert batch_rows_per_user(users, AnswerUser.batch_key) == 3  # (None, direct): 6 rows of 2 users
+    assert batch_rows_per_user(users, None) == 6  # no key: every row in one group
+    assert batch_rows_per_user({}, None) == 0
 
 
 @pytest.mark.ray
