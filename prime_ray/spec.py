@@ -267,7 +267,10 @@ class GeneralistSpec(_Strict):
         16, gt=0, description="Engine batch size: the most prompts the engine decodes at once. A replica joins the "
         "queued requests of equal sampling params and adapter, and decodes them in batches of this size."
     )
-    batch_wait_timeout_s: float = Field(0.05, ge=0, description="`@serve.batch` wait for a fuller batch.")
+    batch_wait_timeout_s: float = Field(
+        0.05, ge=0, description="How long a replica holds a group of requests smaller than `max_batch_size`, "
+        "waiting for more of its kind (seconds, from its oldest request)."
+    )
     max_concurrency: int = Field(
         2, gt=0, description="Ray Data workers calling the deployment at once (0.1 CPU each: they wait on it)."
     )

@@ -1,22 +1,20 @@
 """The frozen generalist as a Ray Serve deployment, and the driver-side API the stages use.
 
     with generalist(spec, adapters={"prime": path}) as g:   # serve.run(...) the app, wait until it is healthy
-        g.generate(prompts, SamplingParams())               # one request; @serve.batch joins it with others
+        g.generate(prompts, SamplingParams())               # one request; joined with others' on the replica
         g.generate(prompts, SamplingParams(), adapter="prime")
         g.score(prompts, continuations)
     # the app is deleted on exit (and Serve shut down when no app is left), so the CPUs are free again
 
 A request is one caller's prompts with one SamplingParams and adapter (`GenerateRequest`; a Ray Data
 worker sends one per step of its work). Requests from many callers (Ray Data workers, several stages)
-meet in the replica's `@serve.batch` queue; a batch may mix requests with different SamplingParams
-(samples with different seeds, a greedy verification next to a sampled trace) and adapters (the eval
-stage's three models): the replica joins the requests of equal params and adapter into one engine
-call, which decodes them in batches of at most `generalist.max_batch_size` prompts. Sending a step's
-prompts as one request keeps them together: one request per prompt let the Serve batch cut a step's
-prompts across batches, so the engine decoded half-full batches. Named adapters (`adapters`) are
-merged into the weights before their group's call (`engine.adapters.MergedAdapters`), so one app
-serves the generalist and the students at merged speed. A request the engine refuses (an empty prompt,
-say) fails alone: its group is retried one request at a time, and only the refused one gets the error.
+wait in the replica's `GroupQueue` by (params, adapter): each engine call joins every waiting request
+of the key that has waited longest, and decodes them in batches of at most `generalist.max_batch_size`
+prompts. Params differ between a sampled trace and a greedy verification, adapters between the eval
+stage's three models: the engine runs one of each at a time. Named adapters (`adapters`) are merged
+into the weights before their group's call (`engine.adapters.MergedAdapters`), so one app serves the
+generalist and the students at merged speed. A request the engine refuses (an empty prompt, say)
+fails alone: its group is retried one request at a time, and only the refused one gets the error.
 
 The app is also deployable on its own (`serve run` / `serve deploy`, see deploy/serve/generalist.yaml)
 through `app_builder`; it then answers HTTP POSTs of {"prompt": ..., <SamplingParams fields>}.
@@ -30,8 +28,8 @@ import dataclasses
 import logging
 import math
 import os
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -41,14 +39,14 @@ from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from prime_ray.distributed.batching import batch
+from prime_ray.distributed.batching import GroupQueue
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, create_engine
 from prime_ray.spec import GeneralistSpec, JobSpec, ModelSpec
 
 DEPLOYMENT_NAME = "Generalist"
-# Requests in one Serve batch: the eval's calls send six (direct and think rows of three models), and two
-# workers' steps of the same kind should meet in one engine call.
-SERVE_BATCH_REQUESTS = 16
+# Requests a replica takes at once: each is one caller's step (the eval's calls send six), and they wait
+# in its GroupQueue.
+MAX_ONGOING_REQUESTS = 64
 T = TypeVar("T")
 
 
@@ -79,14 +77,6 @@ def app_name(job_name: str, stage: str) -> str:
     return f"{job_name}-{stage}-generalist"
 
 
-def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
-    """Indices of equal keys, in first-seen order."""
-    groups: dict[Any, list[int]] = defaultdict(list)
-    for i, key in enumerate(keys):
-        groups[key].append(i)
-    return groups
-
-
 @serve.deployment(name=DEPLOYMENT_NAME, health_check_period_s=10, health_check_timeout_s=60)
 class Generalist:
     """Model replicas around a generation engine, batching the requests of many callers."""
@@ -112,11 +102,11 @@ class Generalist:
             max_batch_size=max_batch_size,
         )
         self.max_batch_size = max_batch_size
-        for method in (self.generate, self.score):
-            method.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        # One engine call at a time: a generate batch and a score batch must not share the model's
-        # threads (or GPU memory) at once.
-        self._engine_lock = asyncio.Lock()
+        # One engine call at a time, each joining every waiting request of one (method, params, adapter):
+        # a generate batch and a score batch never share the model's threads (or GPU memory).
+        self._queue: GroupQueue[GenerateRequest | ScoreRequest, Any] = GroupQueue(
+            self._run_group, size=lambda r: len(r.prompts), full=max_batch_size, wait_s=batch_wait_timeout_s
+        )
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # engine batch sizes served (benchmark, tests)
 
     def _open_engine(self) -> GenerationEngine:
@@ -129,10 +119,8 @@ class Generalist:
         per request. When it raises, each request is run alone, so only a request the engine refuses
         gets the error (as its result) and its batch-mates are unharmed."""
         try:
-            # One engine call at a time; a worker thread keeps the replica's event loop (health checks,
-            # the next batch's queue) responsive meanwhile.
-            async with self._engine_lock:
-                flat = await in_thread(self.cpu_threads, call, self._open_engine(), requests)
+            # A worker thread keeps the replica's event loop (health checks, the queue) responsive meanwhile.
+            flat = await in_thread(self.cpu_threads, call, self._open_engine(), requests)
         except Exception as e:  # noqa: BLE001 - handed to the requests that cause it
             if len(requests) == 1:
                 return [e]
@@ -143,29 +131,25 @@ class Generalist:
             start += len(r.prompts)
         return out
 
-    @batch(max_batch_size=SERVE_BATCH_REQUESTS, batch_wait_timeout_s=0.05)
-    async def generate(self, requests: list[GenerateRequest]) -> list[list[Generation] | Exception]:
-        out: dict[int, list[Generation] | Exception] = {}
-        for (params, adapter), idx in _groups([(r.params, r.adapter) for r in requests]).items():
-            n = sum(len(requests[i].prompts) for i in idx)
+    async def _run_group(self, key: Hashable, requests: list[Any]) -> list[Any]:
+        """One engine call for the waiting requests of `key`: ("generate", params, adapter) or ("score", adapter)."""
+        method, *rest = cast(tuple, key)
+        if method == "generate":
+            params, adapter = rest
+            n = sum(len(r.prompts) for r in requests)
             self.batch_sizes.extend(min(self.max_batch_size, n - k) for k in range(0, n, self.max_batch_size))
+            return await self._joined(requests, lambda e, rs: e.generate([x for r in rs for x in r.prompts], params, adapter))
+        [adapter] = rest
+        return await self._joined(requests, lambda e, rs: e.score([x for r in rs for x in r.prompts],
+                                                                  [c for r in rs for c in r.continuations], adapter))
 
-            def call(engine: GenerationEngine, rs: list[GenerateRequest], p=params, a=adapter) -> list[Generation]:
-                return engine.generate([x for r in rs for x in r.prompts], p, a)
+    async def generate(self, request: GenerateRequest) -> list[Generation] | Exception:
+        """`request`'s generations, or the error the engine raised for it (raised by the handle)."""
+        return await self._queue.submit(("generate", request.params, request.adapter), request)
 
-            out.update(zip(idx, await self._joined([requests[i] for i in idx], call)))
-        return [out[i] for i in range(len(requests))]  # every index is in one group
-
-    @batch(max_batch_size=SERVE_BATCH_REQUESTS, batch_wait_timeout_s=0.05)
-    async def score(self, requests: list[ScoreRequest]) -> list[list[float] | Exception]:
-        out: dict[int, list[float] | Exception] = {}
-        for adapter, idx in _groups([r.adapter for r in requests]).items():
-
-            def call(engine: GenerationEngine, rs: list[ScoreRequest], a=adapter) -> list[float]:
-                return engine.score([x for r in rs for x in r.prompts], [c for r in rs for c in r.continuations], a)
-
-            out.update(zip(idx, await self._joined([requests[i] for i in idx], call)))
-        return [out[i] for i in range(len(requests))]
+    async def score(self, request: ScoreRequest) -> list[float] | Exception:
+        """`request`'s scores, or the error the engine raised for it (raised by the handle)."""
+        return await self._queue.submit(("score", request.adapter), request)
 
     def served_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
@@ -210,7 +194,7 @@ def generalist_app(
     return cast(Deployment, Generalist).options(
         num_replicas=generalist.replicas,
         # Requests wait in the replica's batch queue: let in enough for full Serve batches of both methods.
-        max_ongoing_requests=4 * SERVE_BATCH_REQUESTS,
+        max_ongoing_requests=MAX_ONGOING_REQUESTS,
         ray_actor_options={
             "num_cpus": generalist.num_cpus_per_replica,
             "num_gpus": generalist.num_gpus_per_replica,
