@@ -5,7 +5,7 @@ engine called directly in-process on the whole batch. Same engine, prompts and p
     .venv/bin/python benchmarks/generation.py --model tiny-test    # quick run
 
 - serve batched: one request per prompt, all sent at once through the deployment handle (many callers);
-  `@serve.batch` joins them into engine batches;
+  the replica's GroupQueue joins them into engine batches;
 - serve single:  the same deployment, one request at a time (every engine batch holds one prompt);
 - direct:        `engine.generate(prompts)` in this process, no Ray (the ceiling for the deployment).
 
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="prompts in the batched runs")
     parser.add_argument("--single-requests", type=int, default=4, help="prompts sent one at a time")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16, help="engine and @serve.batch max batch size")
+    parser.add_argument("--batch-size", type=int, default=16, help="engine max batch size (generalist.max_batch_size)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each figure is its best")
     args = parser.parse_args()

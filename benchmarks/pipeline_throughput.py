@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="smollm2, tiny-test, or any model name/path")
     parser.add_argument("--users", type=int, default=22, help="users of the demo's data (a quarter held out)")
-    parser.add_argument("--batch-size", type=int, default=32, help="@serve.batch and engine max batch size")
+    parser.add_argument("--batch-size", type=int, default=32, help="engine max batch size (generalist.max_batch_size)")
     parser.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--examples-per-user", type=int, default=None,
                         help="at most this many of each user's training examples in the rounds (default: all)")

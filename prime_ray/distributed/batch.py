@@ -15,8 +15,8 @@
 - **A full batch**: Ray Data runs `generalist.max_concurrency` workers (0.1 CPU each: they only wait on
   the replicas). Users are packed whole into calls of about `rows_per_call` rows, so a worker issues each
   step of its work (a synthesis step, an eval mode) for all its users at once: with the defaults one
-  worker's step alone fills the replicas' `@serve.batch`, and the other worker's step is queued behind
-  it, so the replica never waits on a worker. A worker whose rows go out in several engine batches
+  worker's step alone fills an engine batch, and the other worker's step waits in the replica's queue
+  (joined with any of its kind), so the replica never waits on a worker. A worker whose rows go out in several engine batches
   (the eval's direct and think rows, per model) says so with an optional `batch_key(row)`: the calls
   are then sized so that the largest group of equal keys holds about `rows_per_call` rows.
 - **Nothing lost**: each finished user's rows are written at once to `parts_dir/<user>.jsonl`
