@@ -1,7 +1,6 @@
 """Per-user work against the generalist on Serve, through Ray Data: the memory, traces and eval stages.
 
     with GeneralistMap(spec, app_name=app_name(spec.name, "traces")) as g:   # Serve app up ... deleted
-                                                          # (adapters={...}: students beside G)
         result = g.map_users(rows, TraceSynthesizer, SynthesisConfig(...),
                              parts_dir=out_dir / "parts", on_user_done=callback)
     result.rows, result.failures, result.resumed
@@ -16,9 +15,10 @@
   the replicas). Users are packed whole into calls of about `rows_per_call` rows, so a worker issues each
   step of its work (a synthesis step, an eval mode) for all its users at once: with the defaults one
   worker's step alone fills an engine batch, and the other worker's step waits in the replica's queue
-  (joined with any of its kind), so the replica never waits on a worker. A worker whose rows go out in several engine batches
-  (the eval's direct and think rows, per model) says so with an optional `batch_key(row)`: the calls
-  are then sized so that the largest group of equal keys holds about `rows_per_call` rows.
+  (joined with any of its kind), so the replica never waits on a worker. A worker whose rows go out
+  in several engine batches (the eval's direct and think rows, per model) says so with an optional
+  `batch_key(row)`: the calls are then sized so that the largest group of equal keys holds about
+  `rows_per_call` rows.
 - **Nothing lost**: each finished user's rows are written at once to `parts_dir/<user>.jsonl`
   (atomically); a re-run reads the parts and sends only the other users, so a crash redoes only the
   users that were in flight. A call that raises is retried user by user: a user that still fails is

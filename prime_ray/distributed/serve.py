@@ -44,8 +44,8 @@ from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, 
 from prime_ray.spec import GeneralistSpec, JobSpec, ModelSpec
 
 DEPLOYMENT_NAME = "Generalist"
-# Requests a replica takes at once: each is one caller's step (the eval's calls send six), and they wait
-# in its GroupQueue.
+# Requests a replica takes at once (Serve's max_ongoing_requests): each is one caller's step (an eval
+# call sends six), and they wait in its GroupQueue, where requests of a kind join one engine call.
 MAX_ONGOING_REQUESTS = 64
 T = TypeVar("T")
 
@@ -193,7 +193,6 @@ def generalist_app(
     # serve.deployment made the class a Deployment; mypy keeps a decorated class's own type
     return cast(Deployment, Generalist).options(
         num_replicas=generalist.replicas,
-        # Requests wait in the replica's batch queue: let in enough for full Serve batches of both methods.
         max_ongoing_requests=MAX_ONGOING_REQUESTS,
         ray_actor_options={
             "num_cpus": generalist.num_cpus_per_replica,
