@@ -216,9 +216,9 @@ def test_train_stage_trains_prime_and_fast_students_with_zero2_and_packing(ray_l
     assert result.metrics["fast_think"] is None
 
     # The merged model is the base with the adapter folded in: same logits as base + adapter.
-    base, tokenizer = load_model(TINY)
+    base, tokenizer = load_model(TINY, dtype="float32")  # as trained: the comparison is to 1e-4
     ids = tokenizer("Movie 1-2 (1992)", return_tensors="pt")["input_ids"]
-    merged, _ = load_model(ModelSpec(name_or_path=str(merged_dir(out, "prime"))))
+    merged, _ = load_model(ModelSpec(name_or_path=str(merged_dir(out, "prime"))), dtype="float32")
     with torch.no_grad():
         with_adapter = PeftModel.from_pretrained(base, str(adapter_dir(out, "prime")))(input_ids=ids).logits
         torch.testing.assert_close(merged(input_ids=ids).logits, with_adapter, atol=1e-4, rtol=1e-4)

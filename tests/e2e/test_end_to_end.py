@@ -101,7 +101,8 @@ def test_every_stage_runs_writes_its_artifacts_and_resumes(ray_local, tmp_path):
     samples = [json.loads(line) for line in (job / "eval" / "samples.jsonl").read_text().splitlines()]
     assert {s["mode"] for s in samples} == {m.value for m in EvalMode}
     events = [e for _, e in read_events(job / "events.jsonl")]
-    assert any(e.kind == "progress" and e.stage == "eval" and e.metrics.get("model") for e in events)
+    eval_progress = [e for e in events if e.kind == "progress" and e.stage == "eval"]
+    assert eval_progress[-1].done == eval_progress[-1].total == len(predictions)  # every generation counted
 
     again = run_job(spec)
     assert [s.status for s in again.stages] == ["skipped"] * len(STAGES)
