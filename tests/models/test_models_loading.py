@@ -93,10 +93,13 @@ def test_local_directory_loads_like_the_packaged_name():
 
 
 def test_resolve_dtype(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False)
     assert resolve_dtype("auto", "cpu") == torch.float32
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert resolve_dtype("auto", "cpu") == torch.bfloat16  # bfloat16 matrix units: the faster dtype
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):  # either unit makes bfloat16 faster
+        monkeypatch.setattr(torch.cpu, probe, lambda: True)
+        assert resolve_dtype("auto", "cpu") == torch.bfloat16
+        monkeypatch.setattr(torch.cpu, probe, lambda: False)
     assert resolve_dtype("float32", "cpu") == torch.float32  # an explicit dtype always wins
     assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
     assert resolve_dtype("float16", "cpu") == torch.float16
