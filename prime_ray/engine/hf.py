@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessorList
 
 from prime_ray.engine.adapters import MergedAdapters, check_adapter_dir
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
+from prime_ray.engine.sampling import NucleusSampling
 from prime_ray.models.loading import load_model
 from prime_ray.spec import ModelSpec
 
@@ -98,10 +100,11 @@ class HFEngine(GenerationEngine):
             "pad_token_id": self.pad_token_id,
             "use_cache": True,
         }
+        # Greedy `generate`; at a temperature, `NucleusSampling` draws the token its argmax then takes
+        # (transformers' top-p sorts the whole vocabulary at every step: 2.5x slower decoding on CPU).
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kwargs["logits_processor"] = LogitsProcessorList([NucleusSampling(params.temperature, params.top_p)])
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         return kwargs | self.fast_generation_kwargs()
