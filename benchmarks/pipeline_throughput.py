@@ -14,9 +14,11 @@ alternating rounds:
 - **engine**: `HFEngine.generate` in this process on the same rationalization prompts (hint, memory,
   think-block opening) with the same params, `--batch-size` prompts per engine batch, the torch
   thread count the replica gets. Only the rationalizations: the stage's other steps are its overhead.
+- **synthesizer**: `TraceSynthesizer` in this process on that engine, no Ray: the stage's work without
+  its flow, so stage / synthesizer is what Serve and Ray Data cost (worker start-up included).
 
 Each figure is its best round (the machine is shared: alternating rounds meet the same load). The
-last line is `RATIO stage_vs_engine=<x>`.
+last line is `RATIO stage_vs_engine=<x> stage_vs_synthesizer=<y>`.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ def main() -> None:
                   f"{t.max_new_tokens} new tokens, T {t.temperature}, batch {args.batch_size}, {threads} torch threads")
             engine.generate(prompts[:4], SamplingParams(max_new_tokens=4))  # warm-up: first-call allocations
 
-            runs: dict[str, list[float]] = {"stage": [], "engine": []}
+            runs: dict[str, list[float]] = {"stage": [], "engine": [], "synthesizer": []}
+            in_process = TraceSynthesizer(engine, config, tokenizer=engine.tokenizer)
             with GeneralistMap(spec, app_name="pipeline-throughput") as g:
                 for round_ in range(1, args.rounds + 1):
                     start = time.perf_counter()
@@ -114,18 +117,25 @@ def main() -> None:
                     seconds = time.perf_counter() - start
                     runs["engine"].append(sum(x.completion_tokens for x in gens) / seconds)
                     load_engine = Path("/proc/loadavg").read_text().split()[0]
+
+                    start = time.perf_counter()
+                    out = in_process(rows)
+                    runs["synthesizer"].append(sum(r["generated_tokens"] for r in out) / (time.perf_counter() - start))
+                    load_synth = Path("/proc/loadavg").read_text().split()[0]
                     print(f"round {round_}: stage {runs['stage'][-1]:.1f} tok/s (load {load_stage})  "
-                          f"engine {runs['engine'][-1]:.1f} tok/s (load {load_engine})", flush=True)
+                          f"engine {runs['engine'][-1]:.1f} tok/s (load {load_engine})  "
+                          f"synthesizer {runs['synthesizer'][-1]:.1f} tok/s (load {load_synth})", flush=True)
                 sizes = g.handle.served_batch_sizes()
         finally:
             ray.shutdown()
 
-    stage, engine_best = max(runs["stage"]), max(runs["engine"])
+    stage, engine_best, synth = max(runs["stage"]), max(runs["engine"]), max(runs["synthesizer"])
     print(f"stage (Serve + Data + synthesizer): {stage:8.1f} tok/s")
-    print(f"engine in-process, full batch     : {engine_best:8.1f} tok/s")
+    print(f"engine in-process, full batch     : {engine_best:8.1f} tok/s (rationalizations only)")
+    print(f"synthesizer in-process, no Ray    : {synth:8.1f} tok/s (the stage's work without its flow)")
     print(f"engine batch sizes served: max {max(sizes)}, mean {sum(sizes) / len(sizes):.1f}")
     print(f"/proc/loadavg at the end: {Path('/proc/loadavg').read_text().strip()}")
-    print(f"RATIO stage_vs_engine={stage / engine_best:.2f}")
+    print(f"RATIO stage_vs_engine={stage / engine_best:.2f} stage_vs_synthesizer={stage / synth:.2f}")
 
 
 if __name__ == "__main__":

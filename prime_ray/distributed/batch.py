@@ -284,7 +284,9 @@ class GeneralistMap:
             # put every block into one task, whose calls ran one after the other on one worker
             batch_size=None,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            # one call per worker at a time: with Ray Data's default of 4, calls queued on the first
+            # actor to start, and a worker that started later sat idle while they ran one by one
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             num_cpus=0.1,  # the workers only wait on the replicas: the CPUs are the model's
         )
         records = iter(mapped.iter_rows())  # streams: each call's users as soon as a worker finishes them
