@@ -74,7 +74,7 @@ class NucleusSampling(LogitsProcessor):
         nucleus(torch.zeros(1, 1), temperature, top_p)  # validates the arguments now, not at the first step
         self.temperature, self.top_p, self.candidates = temperature, top_p, candidates
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         ids, probs = nucleus(scores, self.temperature, self.top_p, self.candidates)
         drawn = ids.gather(-1, torch.multinomial(probs, 1))
         return torch.full_like(scores, float("-inf")).scatter_(-1, drawn, 0.0)
