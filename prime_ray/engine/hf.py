@@ -8,7 +8,11 @@
   caller's global RNG is left alone.
 - A sequence ends at EOS or at a stop string; its text is cut right after the first stop string.
 - Scoring right-pads prompt + continuation, computes logits only at the positions that predict a
-  continuation token, and sums the continuation tokens' log-probabilities.
+  continuation token, and sums the continuation tokens' log-probabilities. Rows of a call that share
+  a long prompt prefix (`shared_prefix_groups`: trace synthesis scores the gold answer alone and
+  after each trace, under one prompt) get it computed once: the prefixes in one forward pass with
+  the KV cache kept, then each row's own tokens on its group's cache (48 such pairs of 284 tokens:
+  8.5 s against 15.8 s, SmolLM2-135M in bfloat16 on 2 CPU cores).
 - Prompts are already rendered with the chat template: they are tokenized without special tokens.
 - `adapter_path` merges one LoRA adapter for good (a student served alone); `adapters` are named LoRA
   adapters a call chooses (`adapter=`), merged in place before it (`MergedAdapters`).
@@ -16,11 +20,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessorList
 
 from prime_ray.engine.adapters import MergedAdapters, check_adapter_dir
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
@@ -28,7 +33,8 @@ from prime_ray.engine.sampling import NucleusSampling
 from prime_ray.models.loading import load_model
 from prime_ray.spec import ModelSpec
 
-__all__ = ["HFEngine", "resolve_device"]
+__all__ = ["HFEngine", "resolve_device", "shared_prefix_groups"]
+T = TypeVar("T")
 
 
 def resolve_device(device: str) -> str:
@@ -51,11 +57,64 @@ def _chunks(order: list[int], size: int):
         yield order[start : start + size]
 
 
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def shared_prefix_groups(heads: list[list[int]], max_group: int, min_shared: int) -> list[tuple[int, list[int]]]:
+    """Rows grouped by a common leading run of prompt tokens, to be computed once per group.
+
+    Returns (p, row indices) per group: its rows share their first p tokens, p leaves every row at least
+    one token of its own (the last prompt token predicts the continuation), and p = 0 for a row that
+    shares nothing worth a second forward pass. Rows are taken in lexicographic order (rows with a long
+    common prefix are neighbours); a row joins the current group while the tokens it saves (the new,
+    possibly shorter p) outweigh what the shorter p costs the rows already there, p >= `min_shared`,
+    and the group has fewer than `max_group` rows.
+    """
+    groups: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(heads)), key=lambda i: heads[i]):
+        if groups:
+            p, rows = groups[-1]
+            q = min(p, _lcp(heads[rows[0]], heads[i]), len(heads[i]) - 1)
+            if len(rows) < max_group and q >= min_shared and q > len(rows) * (p - q):
+                groups[-1] = (q, [*rows, i])
+                continue
+        groups.append((len(heads[i]) - 1, [i]))
+    return [(p if len(rows) > 1 else 0, rows) for p, rows in groups]
+
+
+def _group_chunks(groups: list[tuple[int, list[int]]], size: int):
+    """Whole groups, at most `size` rows per chunk (a group has at most `size` rows)."""
+    chunk: list[tuple[int, list[int]]] = []
+    for group in groups:
+        if chunk and sum(len(rows) for _, rows in chunk) + len(group[1]) > size:
+            yield chunk
+            chunk = []
+        chunk.append(group)
+    if chunk:
+        yield chunk
+
+
+def _split_by_length(items: list[T], length: Callable[[T], int]) -> list[list[T]]:
+    """`items` (sorted by `length`) as one batch, or two where that pads fewer tokens."""
+    n = len(items)
+    best, cut = n * length(items[-1]), n
+    for k in range(1, n):
+        cost = k * length(items[k - 1]) + (n - k) * length(items[-1])
+        if cost < best:
+            best, cut = cost, k
+    return [items[:cut], items[cut:]] if cut < n else [items]
+
+
 @register_engine("hf")
 class HFEngine(GenerationEngine):
     """A Hugging Face causal LM, optionally with a PEFT LoRA adapter merged in and named adapters to choose per call."""
 
     name = "hf"
+    # Rows of a score call that share at least this many prompt tokens get them computed once (a
+    # shorter common prefix saves less than a second forward pass costs).
+    min_shared_prefix = 32
 
     def __init__(
         self,
@@ -194,33 +253,82 @@ class HFEngine(GenerationEngine):
         # Separate tokenization keeps the prompt's tokens exactly as generation sees them.
         heads, tails = self._encode(prompts), self._encode(continuations)
         require_tokens(heads)  # the first continuation token needs a prompt token to be predicted from
-        order = sorted(range(len(prompts)), key=lambda i: len(heads[i]) + len(tails[i]))
-        scores = [0.0] * len(prompts)
-        for chunk in _chunks(order, self.max_batch_size):
-            chunk = [i for i in chunk if tails[i]]  # an empty continuation has log-likelihood 0
-            if chunk:
-                for index, value in zip(chunk, self._score_chunk([heads[i] for i in chunk], [tails[i] for i in chunk])):
-                    scores[index] = value
+        scores = [0.0] * len(prompts)  # an empty continuation has log-likelihood 0
+        scored = [i for i in range(len(prompts)) if tails[i]]
+        groups = shared_prefix_groups([heads[i] for i in scored], self.max_batch_size, self.min_shared_prefix)
+        if not self._can_share_prefixes:
+            groups = [(0, [row]) for _, rows in groups for row in rows]
+        shared = [(p, [scored[r] for r in rows]) for p, rows in groups if p]
+        alone = sorted((scored[r] for p, rows in groups if not p for r in rows), key=lambda i: len(heads[i]) + len(tails[i]))
+        for chunk in _chunks(alone, self.max_batch_size):
+            rows = [heads[i] + tails[i] for i in chunk]
+            starts = [len(heads[i]) for i in chunk]
+            for index, value in zip(chunk, self._score_rows(rows, starts, [tails[i] for i in chunk])):
+                scores[index] = value
+        for chunk in _group_chunks(shared, self.max_batch_size):
+            for index, value in self._score_shared(chunk, heads, tails).items():
+                scores[index] = value
         return scores
 
-    def _score_chunk(self, heads: list[list[int]], tails: list[list[int]]) -> list[float]:
-        rows = [h + t for h, t in zip(heads, tails)]
+    @property
+    def _can_share_prefixes(self) -> bool:
+        """A computed prefix can be reused by every row only if every layer attends to the whole past
+        (no sliding window, whose cache keeps only the window)."""
+        config = self.model.config.get_text_config(decoder=True)
+        return not getattr(config, "sliding_window", None) and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+
+    def _score_shared(self, groups: list[tuple[int, list[int]]], heads: list[list[int]],
+                      tails: list[list[int]]) -> dict[int, float]:
+        """Score rows that share their first `p` prompt tokens per group: the prefixes in one forward pass
+        (left-padded, KV cache kept), then each row's rest of prompt + continuation on its group's cache.
+        The suffixes go in up to two batches split by length (a likelihood baseline's few tokens are
+        not padded to a trace's hundred)."""
+        prefixes = [heads[rows[0]][:p] for p, rows in groups]
+        ids, mask = self._left_pad(prefixes)
+        prefix = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True, logits_to_keep=1).cache
+        layers = [(keys, values) for keys, values, *_ in prefix]
+        members = [(g, index) for g, (_, rows) in enumerate(groups) for index in rows]
+        members.sort(key=lambda m: len(heads[m[1]]) - groups[m[0]][0] + len(tails[m[1]]))
+        out: dict[int, float] = {}
+        for batch in _split_by_length(members, lambda m: len(heads[m[1]]) - groups[m[0]][0] + len(tails[m[1]])):
+            group_of = torch.tensor([g for g, _ in batch], device=self.device)
+            cache = DynamicCache(ddp_cache_data=[(k[group_of], v[group_of]) for k, v in layers], config=self.model.config)
+            lengths = [groups[g][0] for g, _ in batch]
+            values = self._score_rows(
+                [heads[i][groups[g][0]:] + tails[i] for g, i in batch],
+                [len(heads[i]) - groups[g][0] for g, i in batch],
+                [tails[i] for _, i in batch],
+                past=(cache, mask[group_of], torch.tensor(lengths, device=self.device)),
+            )
+            out.update(zip((i for _, i in batch), values))
+        return out
+
+    def _score_rows(self, rows: list[list[int]], starts: list[int], tails: list[list[int]],
+                    past: tuple[DynamicCache, torch.Tensor, torch.Tensor] | None = None) -> list[float]:
+        """Sum of log p(tails[i]) for rows[i] = (prompt tokens) + tails[i], whose continuation starts at
+        index starts[i]. With `past` = (cache, its attention mask [rows, past_len], each row's real prefix
+        length), the rows continue prefixes already in the cache."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # right padding: positions are the natural 0..n-1
+        for i, row in enumerate(rows):  # right padding: positions are the natural 0..n-1 after any prefix
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
         # Logits only at the positions that predict a continuation token (position p predicts token
-        # p + 1): the union over the chunk's rows, not the span from the shortest prompt to the longest
-        # row, whose vocabulary-wide logits cost as much as a slice of the forward pass itself.
+        # p + 1): the union over the rows, not the span from the shortest prompt to the longest row,
+        # whose vocabulary-wide logits cost as much as a slice of the forward pass itself.
         row_of = torch.tensor([i for i, t in enumerate(tails) for _ in t])
-        position = torch.tensor([len(h) - 1 + j for h, t in zip(heads, tails) for j in range(len(t))])
+        position = torch.tensor([start - 1 + j for start, t in zip(starts, tails) for j in range(len(t))])
         keep = torch.unique(position)  # sorted
-        logits = self.model(  # no KV cache: one forward pass needs none (7 % faster, 48 prompts of 340 tokens)
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=keep.to(self.device),
-            use_cache=False,
-        ).logits  # [rows, len(keep), vocab]
+        kwargs: dict = {"use_cache": False}  # one forward pass needs no KV cache (7 % faster, 48 prompts of 340 tokens)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if past is not None:
+            cache, past_mask, lengths = past
+            kwargs = {"use_cache": True, "cache": cache,
+                      "position_ids": lengths[:, None] + torch.arange(width, device=self.device)}
+            mask = torch.cat([past_mask, mask], dim=1)
+        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep.to(self.device), **kwargs).logits
         picked = logits[row_of.to(self.device), torch.searchsorted(keep, position).to(self.device)].float()
         targets = torch.tensor([token for t in tails for token in t], device=self.device)
         token_lp = torch.log_softmax(picked, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)

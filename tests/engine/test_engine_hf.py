@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prime_ray.engine import SamplingParams, create_engine
+from prime_ray.engine.hf import shared_prefix_groups
 from prime_ray.models.loading import load_model
 from prime_ray.models.parser import parse_output
 from prime_ray.models.prompts import render_prompt
@@ -112,6 +113,37 @@ def test_score_equals_a_manual_computation(engine, prompts):
     assert scores[-1] == 0.0 and all(s < 0 for s in scores[:-1])
     with pytest.raises(ValueError, match="one continuation per prompt"):
         engine.score(prompts, continuations[:2])
+
+
+def test_scores_of_rows_sharing_a_prompt_prefix_equal_a_manual_computation(engine, prompts, monkeypatch):
+    """As trace synthesis scores: per prompt, the gold answer alone and after each trace (rows that share
+    the prompt), in one call; the shared prefixes are computed once and the scores do not change."""
+    model, tokenizer = load_model(TINY)
+    traces = ["", "<think>\nthe user rates crime films high\n</think>\n", "<think>\nno idea\n</think>\n"]
+    pairs = [(p + t + "Answer:", " 4") for p in prompts[:3] for t in traces] + [(prompts[3], "Answer: 12")]
+    calls = []
+    score_shared = engine._score_shared
+    monkeypatch.setattr(engine, "_score_shared", lambda groups, *a: calls.append(groups) or score_shared(groups, *a))
+    monkeypatch.setattr(engine, "min_shared_prefix", 4)  # the tiny prompts are short
+    scores = engine.score([p for p, _ in pairs], [c for _, c in pairs])
+    expected = [_manual_score(model, tokenizer, p, c) for p, c in pairs]
+    assert scores == pytest.approx(expected, abs=1e-3)
+    shared = [rows for chunk in calls for _, rows in chunk]
+    # groups of at most max_batch_size (2) rows: two of each prompt's three rows; the rest go the plain way
+    assert [len(rows) for rows in shared] == [2, 2, 2]
+    assert all(len({i // 3 for i in rows}) == 1 for rows in shared) and 9 not in {i for rows in shared for i in rows}
+
+
+def test_shared_prefix_groups():
+    a, b = list(range(100, 140)), list(range(200, 240))
+    heads = [a + [1, 2], b + [7], a + [3], a[:10] + [5] * 30, a + [1, 2, 9]]
+    groups = dict((tuple(rows), p) for p, rows in shared_prefix_groups(heads, max_group=8, min_shared=32))
+    assert groups == {(0, 4, 2): 40, (3,): 0, (1,): 0}  # rows 0, 4, 2 share a (and 0, 4 a little more)
+    limited = shared_prefix_groups(heads, max_group=2, min_shared=32)
+    assert [rows for p, rows in limited if p] == [[0, 4]]
+    assert all(p == 0 for p, _ in shared_prefix_groups(heads, max_group=8, min_shared=42))
+    # a prefix never takes a row's last prompt token: it predicts the continuation
+    assert shared_prefix_groups([a, a], max_group=8, min_shared=32) == [(39, [0, 1])]
 
 
 def test_empty_prompts_are_rejected_by_index(engine, prompts):
