@@ -255,9 +255,10 @@ class HFEngine(GenerationEngine):
         require_tokens(heads)  # the first continuation token needs a prompt token to be predicted from
         scores = [0.0] * len(prompts)  # an empty continuation has log-likelihood 0
         scored = [i for i in range(len(prompts)) if tails[i]]
-        groups = shared_prefix_groups([heads[i] for i in scored], self.max_batch_size, self.min_shared_prefix)
-        if not self._can_share_prefixes:
-            groups = [(0, [row]) for _, rows in groups for row in rows]
+        if self._can_share_prefixes:
+            groups = shared_prefix_groups([heads[i] for i in scored], self.max_batch_size, self.min_shared_prefix)
+        else:
+            groups = [(0, [r]) for r in range(len(scored))]
         shared = [(p, [scored[r] for r in rows]) for p, rows in groups if p]
         alone = sorted((scored[r] for p, rows in groups if not p for r in rows), key=lambda i: len(heads[i]) + len(tails[i]))
         for chunk in _chunks(alone, self.max_batch_size):
@@ -275,7 +276,8 @@ class HFEngine(GenerationEngine):
         """A computed prefix can be reused by every row only if every layer attends to the whole past
         (no sliding window, whose cache keeps only the window)."""
         config = self.model.config.get_text_config(decoder=True)
-        return not getattr(config, "sliding_window", None) and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        return not getattr(config, "sliding_window", None) and layer_types == {"full_attention"}
 
     def _score_shared(self, groups: list[tuple[int, list[int]]], heads: list[list[int]],
                       tails: list[list[int]]) -> dict[int, float]:
@@ -289,9 +291,14 @@ class HFEngine(GenerationEngine):
                             use_cache=True, logits_to_keep=1).cache
         layers = [(keys, values) for keys, values, *_ in prefix]
         members = [(g, index) for g, (_, rows) in enumerate(groups) for index in rows]
-        members.sort(key=lambda m: len(heads[m[1]]) - groups[m[0]][0] + len(tails[m[1]]))
+
+        def own_tokens(member: tuple[int, int]) -> int:  # what a row feeds after its group's prefix
+            g, index = member
+            return len(heads[index]) - groups[g][0] + len(tails[index])
+
+        members.sort(key=own_tokens)
         out: dict[int, float] = {}
-        for batch in _split_by_length(members, lambda m: len(heads[m[1]]) - groups[m[0]][0] + len(tails[m[1]])):
+        for batch in _split_by_length(members, own_tokens):
             group_of = torch.tensor([g for g, _ in batch], device=self.device)
             cache = DynamicCache(ddp_cache_data=[(k[group_of], v[group_of]) for k, v in layers], config=self.model.config)
             lengths = [groups[g][0] for g, _ in batch]
