@@ -269,7 +269,8 @@ class GeneralistSpec(_Strict):
     )
     batch_wait_timeout_s: float = Field(
         0.05, ge=0, description="How long a replica holds a group of requests smaller than `max_batch_size`, "
-        "waiting for more of its kind (seconds, from its oldest request)."
+        "waiting for more of its kind (seconds, from its oldest request); and how long any group waits after "
+        "an engine call ends, for that call's callers to send their next step and join it."
     )
     max_concurrency: int = Field(
         2, gt=0, description="Ray Data workers calling the deployment at once (0.1 CPU each: they wait on it)."

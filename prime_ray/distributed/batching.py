@@ -67,7 +67,13 @@ class GroupQueue(Generic[Q, T]):
 
     `run(key, requests)` returns one result per request (an Exception as the result of a request that
     failed) and is awaited one call at a time. A key whose waiting requests hold fewer than `full`
-    items (`size(request)` each) waits until `wait_s` after its oldest request arrived, for more.
+    items (`size(request)` each) waits for more until `wait_s` after its oldest request arrived; and
+    every group, full or not, waits until `wait_s` after the engine's last call ended. The second keeps
+    callers in step: the callers of the call that just ended send their next step within
+    milliseconds, and a group that waited through that call would otherwise start without them
+    (measured on the traces stage: two Ray Data workers one step apart stayed apart for the whole
+    run, each engine call held one worker's rows, and the 48 rationalizations ran as 24 + 24 where
+    joined they run as 32 + 16). An engine that is idle takes a full group at once.
     """
 
     def __init__(self, run: Callable[[Hashable, list[Q]], Awaitable[Sequence[T]]], *,
@@ -76,6 +82,7 @@ class GroupQueue(Generic[Q, T]):
         self._pending: dict[Hashable, list[tuple[Q, asyncio.Future, float]]] = {}  # oldest key first
         self._wake = asyncio.Event()  # binds to a loop on first use (Python >= 3.10)
         self._task: asyncio.Task | None = None
+        self._engine_free_since = float("-inf")  # loop time the last engine call ended
 
     async def submit(self, key: Hashable, request: Q) -> T:
         """Queue `request` under `key` and await its result."""
@@ -95,8 +102,10 @@ class GroupQueue(Generic[Q, T]):
                 await self._wake.wait()
                 continue
             key, waiting = next(iter(self._pending.items()))
+            since = self._engine_free_since
             if sum(self._size(r) for r, _, _ in waiting) < self._full:
-                await asyncio.sleep(max(0.0, waiting[0][2] + self._wait_s - loop.time()))
+                since = max(since, waiting[0][2])
+            await asyncio.sleep(max(0.0, since + self._wait_s - loop.time()))
             batch = [(r, f) for r, f, _ in self._pending.pop(key) if not f.done()]  # a cancelled caller left
             if not batch:
                 continue
@@ -104,6 +113,7 @@ class GroupQueue(Generic[Q, T]):
                 results: Sequence[Any] = await self._run(key, [r for r, _ in batch])
             except Exception as e:  # noqa: BLE001 - `run` answers failures as results; anything else fails its batch
                 results = [e] * len(batch)
+            self._engine_free_since = loop.time()
             for (_, future), result in zip(batch, results):
                 if not future.done():
                     future.set_result(result)
