@@ -62,7 +62,9 @@ def route_prefix(job_id: str) -> str:
     return f"/students/{job_id}"
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, health_check_period_s=10, health_check_timeout_s=60)
+# graceful_shutdown_wait_loop_s: as the generalist's (distributed/serve.py), an idle replica stops at once.
+@serve.deployment(name=DEPLOYMENT_NAME, health_check_period_s=10, health_check_timeout_s=60,
+                  graceful_shutdown_wait_loop_s=0.1)
 @serve.ingress(http)
 class Student:
     """Replicas of a job's base model with its adapters and memory, batching requests across users and adapters."""
