@@ -62,7 +62,7 @@ def route_prefix(job_id: str) -> str:
     return f"/students/{job_id}"
 
 
-# graceful_shutdown_wait_loop_s: as the generalist's (distributed/serve.py), an idle replica stops at once.
+# graceful_shutdown_wait_loop_s: as the generalist's (distributed/serve.py), no 2-s sleep before an idle replica stops.
 @serve.deployment(name=DEPLOYMENT_NAME, health_check_period_s=10, health_check_timeout_s=60,
                   graceful_shutdown_wait_loop_s=0.1)
 @serve.ingress(http)
