@@ -67,7 +67,7 @@ def main() -> None:
     from prime_ray.distributed.cluster import ensure_ray
     from prime_ray.distributed.serve import replica_threads
     from prime_ray.pipeline.runner import run_job
-    from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer, _Work, synthesis_rows
+    from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer, synthesis_rows
 
     with tempfile.TemporaryDirectory(prefix="pipeline-throughput-") as tmp:
         tmp = args.artifact_root or tmp
@@ -77,7 +77,8 @@ def main() -> None:
             run_job(spec)  # ingest + memory: the stage's real inputs
             job = Path(tmp) / spec.name
             rows, per_user = [], {}
-            for row in synthesis_rows(job / "ingest", job / "memory"):
+            engine = create_engine(spec.model, device="cpu", max_batch_size=args.batch_size)
+            for row in synthesis_rows(job / "ingest", job / "memory", spec, engine.tokenizer):
                 per_user[row["user_id"]] = per_user.get(row["user_id"], 0) + 1
                 if args.examples_per_user is None or per_user[row["user_id"]] <= args.examples_per_user:
                     rows.append(row)
@@ -85,17 +86,13 @@ def main() -> None:
             config = SynthesisConfig(spec=spec, config_hash="benchmark")
 
             # the engine's prompts: exactly the rationalization prompts the synthesizer sends
-            synth = TraceSynthesizer(None, config)
-            works = [_Work(row=r) for r in rows]
-            for w in works:
-                synth._prepare(w)
-            prompts = [w.hinted_prompt + synth._opening() for w in works]
+            opening = TraceSynthesizer(None, config)._opening()
+            prompts = [r["prompts"]["hinted"] + opening for r in rows]
             t = spec.traces
             params = SamplingParams(max_new_tokens=t.max_new_tokens, temperature=t.temperature, top_p=t.top_p,
                                     seed=spec.seed)
             threads = replica_threads(spec)
             torch.set_num_threads(threads)
-            engine = create_engine(spec.model, device="cpu", max_batch_size=args.batch_size)
             mean_prompt = sum(len(engine.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
             print(f"model {spec.model.name_or_path}: {users} users, {len(rows)} examples, "
                   f"{t.samples_per_example} trace(s) each, prompts of {mean_prompt / len(prompts):.0f} tokens, "
@@ -103,7 +100,7 @@ def main() -> None:
             engine.generate(prompts[:4], SamplingParams(max_new_tokens=4))  # warm-up: first-call allocations
 
             runs: dict[str, list[float]] = {"stage": [], "engine": [], "synthesizer": []}
-            in_process = TraceSynthesizer(engine, config, tokenizer=engine.tokenizer)
+            in_process = TraceSynthesizer(engine, config)
             with GeneralistMap(spec, app_name="pipeline-throughput") as g:
                 for round_ in range(1, args.rounds + 1):
                     start = time.perf_counter()

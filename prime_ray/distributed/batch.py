@@ -24,7 +24,13 @@
   users that were in flight. A call that raises is retried user by user: a user that still fails is
   recorded in `result.failures` (and `parts_dir/failures.jsonl`) and the others go on.
 - **Teardown**: the Serve app is deleted and the Data execution stopped on any exit of the `with`
-  block or of `map_users`, KeyboardInterrupt included.
+  block or of `map_users`, KeyboardInterrupt included. The deletion is not waited for (its replicas
+  go within a second; what needs their CPUs waits in Ray's scheduler), and Serve keeps running for
+  the next stage: `end_serve` deletes what is left and shuts Serve down (the runner, as a job ends).
+  With `keep=True` a block that ends cleanly leaves its app running for the next `GeneralistMap` of
+  the same deployment (the memory stage's for the traces stage's: a deployment saved, 6 s on 2 CPU
+  cores); `release_kept_apps` deletes what no one took over (the runner calls it before a stage that
+  deploys no generalist).
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ from typing import Any, ClassVar, Protocol
 import ray
 from pydantic import BaseModel
 
-from prime_ray.distributed.serve import GeneralistHandle, start_generalist, stop_generalist
+from prime_ray.distributed.serve import GeneralistHandle, start_generalist, stop_generalist, stop_serve_when_idle
 from prime_ray.files import atomic_write
-from prime_ray.spec import JobSpec
+from prime_ray.spec import JobSpec, config_hash
 
 logger = logging.getLogger(__name__)
 
@@ -203,31 +209,66 @@ def batch_rows_per_user(users: Mapping[str, Sequence[dict]], batch_key: Callable
     return max(keys.values(), default=0) / max(len(users), 1)
 
 
+# Apps left running by a `GeneralistMap(keep=True)` block, by deployment key, for the next block of the
+# same deployment to take over. The driver's: stages run one after the other in one process.
+_kept: dict[str, GeneralistHandle] = {}
+
+
+def release_kept_apps() -> None:
+    """Delete the apps kept for a next `GeneralistMap` (their replicas hold CPUs or GPUs)."""
+    while _kept:
+        _, handle = _kept.popitem()
+        stop_generalist(handle.app_name, wait=False)
+
+
+def end_serve() -> None:
+    """Delete the kept apps, wait for the deleted apps to go, and shut Serve down if no app is left."""
+    release_kept_apps()
+    stop_serve_when_idle()
+
+
 class GeneralistMap:
     """The generalist on Serve (with `adapter_path` merged, and named `adapters` a request chooses:
     `generate(prompts, params, adapter=name)`), and Ray Data workers driving it.
 
-    A context manager: entering deploys the Serve app `app_name` (see `start_generalist`), leaving
-    deletes it, however the block is left.
+    A context manager: entering deploys the Serve app `app_name` (see `start_generalist`) or takes over
+    a kept app of the same deployment (then `app_name` is that app's), leaving deletes it, however the
+    block is left — unless `keep` is set and the block ended without an error: the app then stays
+    running for the next `GeneralistMap` of the same deployment, until `release_kept_apps`.
     """
 
     def __init__(self, spec: JobSpec, *, app_name: str, adapter_path: str | None = None,
-                 adapters: dict[str, str] | None = None):
+                 adapters: dict[str, str] | None = None, keep: bool = False):
         self.spec, self.app_name, self.adapter_path, self.adapters = spec, app_name, adapter_path, adapters
+        self.keep = keep
         self.handle: GeneralistHandle | None = None
+        # Everything the deployment is built from: only an identical app is taken over.
+        self.deployment_key = config_hash({
+            "model": spec.model.model_dump(mode="json"), "generalist": spec.generalist.model_dump(mode="json"),
+            "resources": spec.resources.model_dump(mode="json"), "adapter_path": adapter_path, "adapters": adapters,
+        })
 
     def __enter__(self) -> GeneralistMap:
+        kept = _kept.pop(self.deployment_key, None)
+        if kept is not None:
+            logger.info("taking over the running Serve app %r", kept.app_name)
+            self.handle, self.app_name = kept, kept.app_name
+            return self
+        release_kept_apps()  # another deployment's: its CPUs are this one's
         try:
             self.handle = start_generalist(self.spec, app_name=self.app_name, adapter_path=self.adapter_path,
                                            adapters=self.adapters)
         except BaseException:
-            stop_generalist(self.app_name)  # a half-deployed app must not keep its CPUs
+            stop_generalist(self.app_name, wait=False)  # a half-deployed app must not keep its CPUs
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.handle = None
-        stop_generalist(self.app_name)
+    def __exit__(self, exc_type, *exc) -> None:
+        handle, self.handle = self.handle, None
+        if self.keep and exc_type is None and handle is not None:
+            _kept[self.deployment_key] = handle
+        else:
+            stop_generalist(self.app_name, wait=False)
 
     def map_users(
         self,

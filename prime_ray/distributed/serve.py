@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ApplicationStatus
 
 from prime_ray.distributed.batching import GroupQueue
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, create_engine
@@ -333,14 +335,36 @@ def start_generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_pat
     return GeneralistHandle(handle, app_name)
 
 
-def stop_generalist(app_name: str = "generalist") -> None:
-    """Delete the app (its replicas free their CPUs/GPUs); shut Serve down when no app is left."""
+def stop_generalist(app_name: str = "generalist", *, wait: bool = True) -> None:
+    """Delete the app (its replicas free their CPUs/GPUs).
+
+    With `wait`, return once its replicas are gone, and shut Serve down when no app is left. Without,
+    return at once: the replicas go within about a second (a stage after it that needs their CPUs
+    waits for them in Ray's scheduler, a Ray Train placement group or a new replica alike), and Serve
+    keeps running for the next stage; `stop_serve_when_idle` shuts it down at the end.
+    """
     try:
-        serve.delete(app_name)
-        if not serve.status().applications:
+        serve.delete(app_name, _blocking=wait)
+        if wait and not serve.status().applications:
             serve.shutdown()
     except Exception as e:  # noqa: BLE001 - stopping must not hide the error that made us stop
         logger.warning("stopping the Serve app %r failed: %s", app_name, e)
+
+
+def stop_serve_when_idle(timeout_s: float = 60.0) -> None:
+    """Wait (at most `timeout_s`) for the apps being deleted to go, then shut Serve down if no app is
+    left. A job's stages start Serve without its HTTP proxy: left running on a shared cluster, it
+    would keep a student deployed later from getting one."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (apps := serve.status().applications) and time.monotonic() < deadline:
+            if any(a.status != ApplicationStatus.DELETING for a in apps.values()):
+                return  # someone else's app (another job's, a student): Serve stays
+            time.sleep(0.2)
+        if not apps:
+            serve.shutdown()
+    except Exception as e:  # noqa: BLE001 - as stop_generalist
+        logger.warning("shutting Serve down failed: %s", e)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from prime_ray.data.schema import Item, UserRecord
 from prime_ray.engine.base import Generation, SamplingParams
 from prime_ray.models.prompts import render_profile_prompt
-from prime_ray.spec import MemorySpec, ModelSpec, PromptTemplates
+from prime_ray.spec import MemorySpec, PromptTemplates
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -74,33 +74,26 @@ def write_profiles(
 
 
 class ProfileConfig(BaseModel):
-    """What a profile writer needs from the job's spec."""
+    """How a profile writer decodes."""
 
-    model_config = ConfigDict(frozen=True, protected_namespaces=())
+    model_config = ConfigDict(frozen=True)
 
-    model: ModelSpec = Field(description="The generalist (its tokenizer renders the prompts).")
-    prompts: PromptTemplates = Field(description="The prompt templates (the profile prompt's system line).")
-    memory: MemorySpec = Field(description="Profile length and the history items shown.")
+    memory: MemorySpec = Field(description="The job's memory section: the profile's token budget.")
     seed: int = Field(description="The job's seed (profiles are greedy; the seed is kept on the request).")
 
 
 class ProfileWriter:
-    """A worker: rows `{"user_id", "user": UserRecord dict}` -> `{"user_id", "profile", "completion_tokens"}`
-    for each user with a history, all of a call's users in one generalist request batch."""
+    """A worker: rows `{"user_id", "prompt"}` (`profile_prompt`, rendered on the driver, so the Ray Data
+    workers load no tokenizer) -> `{"user_id", "profile", "completion_tokens"}`, all of a call's users
+    in one generalist request."""
 
     config_type = ProfileConfig
-    required_keys = ("user",)
+    required_keys = ("prompt",)
 
-    def __init__(self, generalist: Generalist, config: ProfileConfig, tokenizer=None):
-        if tokenizer is None:
-            from prime_ray.models.loading import load_tokenizer
-
-            tokenizer = load_tokenizer(config.model)
-        self.g, self.config, self.tokenizer = generalist, config, tokenizer
+    def __init__(self, generalist: Generalist, config: ProfileConfig):
+        self.g, self.params = generalist, profile_params(config.memory, config.seed)
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        users = [UserRecord.model_validate(r["user"]) for r in rows]
-        c = self.config
-        profiles, generations = write_profiles(self.g, self.tokenizer, users, c.prompts, c.memory, c.seed)
-        tokens = iter(g.completion_tokens for g in generations)
-        return [{"user_id": u, "profile": p, "completion_tokens": next(tokens)} for u, p in profiles.items()]
+        generations = self.g.generate([r["prompt"] for r in rows], self.params) if rows else []
+        return [{"user_id": r["user_id"], "profile": clean_profile(g.text), "completion_tokens": g.completion_tokens}
+                for r, g in zip(rows, generations)]

@@ -188,6 +188,7 @@ def run_job(
         artifacts.push(artifacts.events_path.name)
         raise
     finally:
+        ray_session.end_serve()
         signals.release()
     events.emit("job_finished", message=f"artifacts: {artifacts.uri}")
     artifacts.push(artifacts.events_path.name)
@@ -213,11 +214,33 @@ class _RaySession:
         self.spec = spec
         self.address = address
         self.owned = False  # this process started or joined Ray (not a caller's ray.init)
+        self.used = False  # a stage has run on Ray
 
     def ensure(self) -> None:
         from prime_ray.distributed.cluster import ensure_ray
 
         self.owned = ensure_ray(self.spec.resources, address=self.address) or self.owned
+        self.used = True
+
+    def _connected(self) -> bool:
+        import ray
+
+        # Serve's calls would start a Ray of their own after `stop()`
+        return self.used and ray.is_initialized()
+
+    def release_kept_apps(self) -> None:
+        """Delete the Serve apps a stage kept running for the next one (`GeneralistMap(keep=True)`)."""
+        if self._connected():
+            from prime_ray.distributed.batch import release_kept_apps
+
+            release_kept_apps()
+
+    def end_serve(self) -> None:
+        """Delete the job's Serve apps and shut Serve down once none is left (see `batch.end_serve`)."""
+        if self._connected():
+            from prime_ray.distributed.batch import end_serve
+
+            end_serve()
 
     def stop(self) -> None:
         """Disconnect from the Ray this job started or joined: Ray ends the driver's actors (a Train
@@ -230,6 +253,8 @@ class _RaySession:
 
 
 def _stop_after_cancel(artifacts: JobArtifacts, ray_session: _RaySession) -> None:
+    with contextlib.suppress(Exception):
+        ray_session.end_serve()  # on a shared cluster the apps would outlive the job
     with contextlib.suppress(Exception):
         ray_session.stop()
     artifacts.push(artifacts.events_path.name)
@@ -264,6 +289,8 @@ def _run_stage(stage, spec, artifacts, events, digests, ray_session, signals, fo
 
     if stage.needs_ray:
         ray_session.ensure()
+    if not stage.deploys_generalist:
+        ray_session.release_kept_apps()
     signals.claim()  # after Ray's (and a previous stage's Ray Train's) handlers
 
     ctx = StageContext(

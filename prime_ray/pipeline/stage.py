@@ -38,6 +38,10 @@ class Stage(abc.ABC):
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     needs_ray: ClassVar[bool] = True
+    # The stage runs the generalist through `GeneralistMap`, so it may take over the Serve app the stage
+    # before it kept running (memory -> traces). Before any other stage, the runner deletes kept apps:
+    # their replicas hold the CPUs (or GPUs) that stage needs.
+    deploys_generalist: ClassVar[bool] = False
     # Output files (relative to the stage folder) whose digests go into the manifest; folders are walked.
     # A stage whose outputs depend on the spec overrides `outputs_for`.
     outputs: ClassVar[tuple[str, ...]] = ()

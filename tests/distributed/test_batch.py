@@ -102,8 +102,59 @@ def test_calls_are_sized_by_the_largest_group_of_the_workers_batch_key():
     assert batch_rows_per_user({}, None) == 0
 
 
+@pytest.fixture
+def serve_ended():
+    """`GeneralistMap` leaves Serve running for the next stage: end it as a job's end does, so a later test
+    on the shared Ray starts Serve with the options it needs (a student's HTTP proxy)."""
+    yield
+    batch.end_serve()
+
+
+def _serve_controller_running() -> bool:
+    import ray
+
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True
+
+
+def _wait_until(condition, timeout_s=60.0):
+    deadline = time.time() + timeout_s
+    while not condition() and time.time() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
 @pytest.mark.ray
-def test_failing_user_alone_resume_after_a_crash_mid_batch_and_teardown(ray_local, tmp_path, monkeypatch):
+def test_a_kept_app_is_taken_over_by_the_same_deployment_and_released_for_another(ray_local, tmp_path, serve_ended):
+    from ray import serve
+
+    spec = _spec(tmp_path)
+    with GeneralistMap(spec, app_name="kept-a", keep=True) as g:
+        first = g.map_users(_rows(["u0"]), AnswerUser, CONFIG).rows
+    assert serve.status().applications["kept-a"].status == "RUNNING"  # left running for the next block
+
+    with GeneralistMap(spec, app_name="kept-b", keep=True) as g:
+        assert g.app_name == "kept-a"  # taken over: no second deployment
+        assert g.map_users(_rows(["u0"]), AnswerUser, CONFIG).rows == first
+    assert set(serve.status().applications) == {"kept-a"}
+
+    # another deployment (other batch settings): the kept app is deleted before it deploys
+    other = spec.model_copy(update={"generalist": spec.generalist.model_copy(update={"max_batch_size": 4})})
+    with GeneralistMap(other, app_name="kept-c") as g:
+        assert g.app_name == "kept-c"
+        assert _wait_until(lambda: "kept-a" not in serve.status().applications)
+    # not kept: deleted on exit; Serve itself runs on until the job's end (`end_serve`)
+    assert _wait_until(lambda: not serve.status().applications)
+    assert _serve_controller_running()
+    batch.end_serve()
+    assert not _serve_controller_running()
+
+
+@pytest.mark.ray
+def test_failing_user_alone_resume_after_a_crash_mid_batch_and_teardown(ray_local, tmp_path, monkeypatch, serve_ended):
     spec = _spec(tmp_path)
     users = [f"u{i}" for i in range(6)]
     parts = tmp_path / "parts"
@@ -149,13 +200,12 @@ def test_failing_user_alone_resume_after_a_crash_mid_batch_and_teardown(ray_loca
         assert first.stat().st_mtime_ns == kept
         assert sorted(p.name for p in fresh.glob("*.jsonl")) == sorted(part_path(fresh, u).name for u in users)
 
-        # profiles through the same component: users without history have no row
-        profile_config = ProfileConfig(model=spec.model, prompts=spec.data.prompts,
-                                       memory=spec.memory.model_copy(update={"profile_max_new_tokens": 4}), seed=0)
-        history = [{"id": "m1", "input": "Heat (1995)", "output": "4"}]
-        profiles = g.map_users([{"user_id": "a", "user": {"user_id": "a", "history": history}},
-                                {"user_id": "b", "user": {"user_id": "b"}}], ProfileWriter, profile_config)
-        assert [r["user_id"] for r in profiles.rows] == ["a"] and isinstance(profiles.rows[0]["profile"], str)
+        # profiles through the same component
+        profile_config = ProfileConfig(memory=spec.memory.model_copy(update={"profile_max_new_tokens": 4}), seed=0)
+        profiles = g.map_users([{"user_id": u, "prompt": PROMPT.format(i=0, u=u)} for u in ("a", "b")],
+                               ProfileWriter, profile_config)
+        assert [r["user_id"] for r in profiles.rows] == ["a", "b"]
+        assert all(isinstance(r["profile"], str) and 0 < r["completion_tokens"] <= 4 for r in profiles.rows)
 
         # Ctrl-C in the driver mid-run: the error propagates and the with block deletes the app
         def interrupt(*_):
@@ -164,7 +214,4 @@ def test_failing_user_alone_resume_after_a_crash_mid_batch_and_teardown(ray_loca
         with pytest.raises(KeyboardInterrupt):
             g.map_users(_rows(users), AnswerUser, CONFIG, on_user_done=interrupt)
     # the app and the Data workers are gone: every CPU is free again
-    deadline = time.time() + 60
-    while ray_local.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    assert ray_local.available_resources().get("CPU", 0) == 2
+    assert _wait_until(lambda: ray_local.available_resources().get("CPU", 0) == 2)

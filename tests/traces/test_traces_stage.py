@@ -7,6 +7,7 @@ is rejected: here the statistics must add up; the keep path is tested on hand-wr
 """
 
 import json
+import logging
 
 import pyarrow.parquet as pq
 import pytest
@@ -58,7 +59,10 @@ def _spec(tmp_path):
 
 
 @pytest.mark.ray
-def test_memory_and_traces_stages_and_resume_after_a_crash(ray_local, tmp_path, monkeypatch):
+def test_memory_and_traces_stages_and_resume_after_a_crash(ray_local, tmp_path, monkeypatch, caplog):
+    from ray import serve
+
+    caplog.set_level(logging.INFO, logger="prime_ray.distributed.batch")
     spec = _spec(tmp_path)
     real_write_part = batch.write_part
     written = []
@@ -74,6 +78,9 @@ def test_memory_and_traces_stages_and_resume_after_a_crash(ray_local, tmp_path, 
     with pytest.raises(StageFailed, match="traces.*driver lost"):
         run_job(spec)
     monkeypatch.setattr(batch, "write_part", real_write_part)
+    # the traces stage ran on the app the memory stage kept for it; the failed job left no app behind
+    assert "taking over the running Serve app 'traces-it-memory-generalist'" in caplog.text
+    assert not serve.status().applications
 
     job = tmp_path / "artifacts" / "traces-it"
     [first_part] = written
@@ -83,6 +90,7 @@ def test_memory_and_traces_stages_and_resume_after_a_crash(ray_local, tmp_path, 
 
     result = run_job(spec)
     assert [(s.name, s.status) for s in result.stages] == [("ingest", "skipped"), ("memory", "skipped"), ("traces", "ran")]
+    assert not serve.status().applications
 
     # memory: one row per example of every split, episodes from the example's own pool, a profile per user
     memory = read_memory(job / "memory" / "memory.parquet")

@@ -11,10 +11,11 @@ import pytest
 
 from prime_ray.data.schema import Example, Item
 from prime_ray.engine.base import Generation
+from prime_ray.memory.store import ExampleMemory
 from prime_ray.spec import derive_seed, parse_spec
 from prime_ray.traces.stats import trace_stats
 from prime_ray.traces.store import read_kept_traces, write_traces
-from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer
+from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer, synthesis_row
 
 GOOD = "They loved GoldenEye and Heat; both are action thrillers like this film, so they should enjoy it."
 LEAK = "The hint says the rating is 4, so the user must like this film quite a lot overall."
@@ -84,16 +85,16 @@ def _spec(**overrides):
     return parse_spec(doc)
 
 
-def _row(query, gold, example_id):
+def _row(query, gold, example_id, spec=None):
     ex = Example(example_id=f"u1/{example_id}", user_id="u1", split="train", input=query, output=gold,
                  memory_ids=["h1"])
-    return {"user_id": "u1", "example": ex.model_dump(mode="json"),
-            "memory": {"profile": "Likes action.", "episodes": [Item(id="h1", input="Heat", output="5").model_dump()]}}
+    memory = ExampleMemory(profile="Likes action.", episodes=(Item(id="h1", input="Heat", output="5"),), scores=(1.0,))
+    return synthesis_row(_Tokenizer(), spec or _spec(), ex, memory)
 
 
 def _run(spec, rows):
     g = ScriptedG()
-    out = TraceSynthesizer(g, SynthesisConfig(spec=spec, config_hash="cfg"), tokenizer=_Tokenizer())(rows)
+    out = TraceSynthesizer(g, SynthesisConfig(spec=spec, config_hash="cfg"))(rows)
     return g, out
 
 
@@ -102,7 +103,7 @@ def _by(out):
 
 
 ROWS = [_row("Die Hard", "4", "a"), _row("Speed", "5", "b"), _row("Heat 2", "3", "c"), _row("Broken", "3", "d"),
-        {"user_id": "u1", "example": {"example_id": "u1/e"}, "memory": {}}, _row("Alien", "5", "f")]
+        {"user_id": "u1", "example": {"example_id": "u1/e"}, "prompts": {}}, _row("Alien", "5", "f")]
 
 
 def test_one_user_keep_path_rejections_and_errors():
@@ -214,8 +215,8 @@ def test_free_text_keeps_the_trace_with_the_best_positive_gain():
         def score(self, prompts, continuations):
             return [-1.0 if "Take 1" in p else -2.0 if "Take 0" in p else -4.0 for p in prompts]
 
-    out = TraceSynthesizer(TextG(), SynthesisConfig(spec=spec, config_hash="cfg"), tokenizer=_Tokenizer())(
-        [_row("Die Hard", "Big win", "a")])
+    out = TraceSynthesizer(TextG(), SynthesisConfig(spec=spec, config_hash="cfg"))(
+        [_row("Die Hard", "Big win", "a", spec)])
     assert [(r["sample_index"], r["kept"], r["likelihood_gain"]) for r in out] == [(0, False, 2.0), (1, True, 3.0)]
     assert out[0]["verdicts"]["answer_match"] is False  # no exact match for text; the gain ranking decides
     assert out[0]["direct_answer"] is None

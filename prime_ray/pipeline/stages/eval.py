@@ -61,6 +61,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 class EvalStage(Stage):
     name = "eval"
     requires = ("ingest", "memory", "traces", "train")
+    deploys_generalist = True
     outputs = (*REPORT_FILES, PREDICTIONS_FILE)
 
     def config(self, spec: JobSpec) -> Any:

@@ -1,8 +1,9 @@
 """The `memory` stage: profile summaries by the generalist on Serve, and episodic retrieval per example.
 
 Reads ingest's users and examples; writes `memory.parquet` (one row per example of every split).
-Profiles come from `ProfileWriter` workers through `GeneralistMap` (finished users kept in `parts/`);
-the Serve app runs only while they are written, then is deleted so later stages get the CPUs.
+Profiles come from `ProfileWriter` workers through `GeneralistMap` (finished users kept in `parts/`),
+their prompts rendered here. The Serve app is left running for the traces stage, which runs the same
+deployment next (the runner deletes it before any stage that does not).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class MemoryStage(Stage):
     name = "memory"
     requires = ("ingest",)
     needs_ray = True
+    deploys_generalist = True
     outputs = ("memory.parquet",)
 
     def config(self, spec: JobSpec):
@@ -63,13 +65,17 @@ def _write_profiles(ctx: StageContext, users: list) -> tuple[dict[str, str], dic
     """Profiles by the generalist on Serve, users spread over Ray Data workers (persisted in parts/)."""
     from prime_ray.distributed.batch import GeneralistMap, UsersFailed
     from prime_ray.distributed.serve import app_name
-    from prime_ray.memory.profiles import ProfileConfig, ProfileWriter
+    from prime_ray.memory.profiles import ProfileConfig, ProfileWriter, profile_prompt
+    from prime_ray.models.loading import load_tokenizer
 
     spec = ctx.spec
-    rows = [{"user_id": u.user_id, "user": u.model_dump(mode="json")} for u in users if u.history]
-    config = ProfileConfig(model=spec.model, prompts=spec.data.prompts, memory=spec.memory, seed=spec.seed)
+    tokenizer = load_tokenizer(spec.model)
+    rows = [{"user_id": u.user_id, "prompt": profile_prompt(tokenizer, u, spec.data.prompts, spec.memory)}
+            for u in users if u.history]
+    config = ProfileConfig(memory=spec.memory, seed=spec.seed)
     started = time.perf_counter()
-    with GeneralistMap(spec, app_name=app_name(spec.name, "memory")) as g:
+    # keep: the traces stage runs the same deployment next and takes the app over
+    with GeneralistMap(spec, app_name=app_name(spec.name, "memory"), keep=True) as g:
         result = g.map_users(rows, ProfileWriter, config, parts_dir=ctx.out_dir / "parts",
                              on_user_done=lambda _u, _r, done, total: ctx.progress.update(done, total))
     seconds = time.perf_counter() - started

@@ -20,6 +20,7 @@ class TracesStage(Stage):
     name = "traces"
     requires = ("ingest", "memory")
     needs_ray = True
+    deploys_generalist = True
     outputs = ("traces.parquet",)
 
     def config(self, spec: JobSpec):
@@ -36,13 +37,14 @@ class TracesStage(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         from prime_ray.distributed.batch import GeneralistMap
         from prime_ray.distributed.serve import app_name
+        from prime_ray.models.loading import load_tokenizer
         from prime_ray.spec import config_hash
         from prime_ray.traces.stats import trace_stats
         from prime_ray.traces.store import TRACES_FILE, write_traces
         from prime_ray.traces.synthesis import SynthesisConfig, TraceSynthesizer, synthesis_rows
 
         spec = ctx.spec
-        rows = synthesis_rows(ctx.inputs["ingest"], ctx.inputs["memory"])
+        rows = synthesis_rows(ctx.inputs["ingest"], ctx.inputs["memory"], spec, load_tokenizer(spec.model))
         fresh = {"users": 0, "rows": 0, "kept": 0, "tokens": 0}
 
         def user_done(user_id: str, result: list[dict], done: int, total: int) -> None:
