@@ -1,7 +1,7 @@
 """The transformers backend: batched generation with a KV cache, and batched log-likelihood scoring.
 
 - Generation left-pads each chunk of at most `max_batch_size` prompts (sorted by length, so a chunk
-  holds prompts of similar length) and calls `model.generate` with the static KV cache
+  holds prompts of similar length; as few chunks as fit, of equal sizes) and calls `model.generate` with the static KV cache
   (`fast_generation_kwargs`). Temperature 0 is
   greedy; otherwise sampling with `temperature`/`top_p` (no top-k), seeded once per call from
   `params.seed` inside a forked RNG, so the same seed, prompts and batch give the same texts and the
@@ -53,8 +53,22 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 
 def _chunks(order: list[int], size: int):
-    for start in range(0, len(order), size):
-        yield order[start : start + size]
+    """`order` in as few runs of at most `size` as possible, of equal sizes (within one).
+
+    Rows come sorted by prompt length, so equal runs keep like rows together where a full run and a
+    remainder would not: 28 eval think rows at size 16 go as 14 think + 14 personal-think, and the
+    14 short-prompt rows, which end their thinking after ~25 tokens, stop early instead of decoding
+    all 96 steps beside two long-prompt rows. A decode step costs about the same at 12 and 16 rows.
+    """
+    if not order:
+        return
+    count = -(-len(order) // size)
+    base, extra = divmod(len(order), count)
+    start = 0
+    for i in range(count):
+        end = start + base + (i < extra)
+        yield order[start:end]
+        start = end
 
 
 def _lcp(a: list[int], b: list[int]) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prime_ray.engine import SamplingParams, create_engine
-from prime_ray.engine.hf import shared_prefix_groups
+from prime_ray.engine.hf import _chunks, shared_prefix_groups
 from prime_ray.models.loading import load_model
 from prime_ray.models.parser import parse_output
 from prime_ray.models.prompts import render_prompt
@@ -55,6 +55,12 @@ def test_greedy_is_deterministic_and_counts_tokens(engine, prompts):
         assert 1 <= gen.completion_tokens <= 12
         assert gen.finish_reason == ("length" if gen.completion_tokens == 12 else "stop")
     assert engine.generate([], params) == []
+
+
+def test_chunks_are_as_few_as_fit_and_of_equal_sizes():
+    sizes = {n: [len(c) for c in _chunks(list(range(n)), 16)] for n in (0, 1, 16, 17, 28, 40)}
+    assert sizes == {0: [], 1: [1], 16: [16], 17: [9, 8], 28: [14, 14], 40: [14, 13, 13]}
+    assert [i for c in _chunks(list(range(40)), 16) for i in c] == list(range(40))  # in order, each row once
 
 
 def test_batched_greedy_equals_one_at_a_time(engine, prompts):
