@@ -58,19 +58,10 @@ def clean_profile(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def write_profiles(
-    generalist: Generalist,
-    tokenizer,
-    users: Sequence[UserRecord],
-    templates: PromptTemplates,
-    memory: MemorySpec,
-    seed: int,
-) -> tuple[dict[str, str], list[Generation]]:
-    """user_id -> profile for every user with a history (one generalist call for all of them)."""
-    with_history = [u for u in users if u.history]
-    prompts = [profile_prompt(tokenizer, u, templates, memory) for u in with_history]
-    generations = generalist.generate(prompts, profile_params(memory, seed)) if prompts else []
-    return {u.user_id: clean_profile(g.text) for u, g in zip(with_history, generations)}, generations
+def profile_rows(tokenizer: PreTrainedTokenizerBase, users: Sequence[UserRecord], templates: PromptTemplates,
+                 memory: MemorySpec) -> list[dict[str, str]]:
+    """`ProfileWriter` rows `{"user_id", "prompt"}`: one per user with a history (the others get no profile)."""
+    return [{"user_id": u.user_id, "prompt": profile_prompt(tokenizer, u, templates, memory)} for u in users if u.history]
 
 
 class ProfileConfig(BaseModel):
@@ -83,7 +74,7 @@ class ProfileConfig(BaseModel):
 
 
 class ProfileWriter:
-    """A worker: rows `{"user_id", "prompt"}` (`profile_prompt`, rendered on the driver, so the Ray Data
+    """A worker: rows `{"user_id", "prompt"}` (`profile_rows`, rendered on the driver, so the Ray Data
     workers load no tokenizer) -> `{"user_id", "profile", "completion_tokens"}`, all of a call's users
     in one generalist request."""
 

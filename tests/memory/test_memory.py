@@ -8,7 +8,7 @@ import pytest
 from prime_ray.data.schema import Example, Item, UserRecord
 from prime_ray.engine.base import Generation
 from prime_ray.memory.build import build_memory
-from prime_ray.memory.profiles import clean_profile, latest_items, write_profiles
+from prime_ray.memory.profiles import ProfileConfig, ProfileWriter, clean_profile, latest_items, profile_rows
 from prime_ray.memory.retrieval import Retriever
 from prime_ray.memory.store import ExampleMemory, read_memory, write_memory
 from prime_ray.spec import MemorySpec, PromptTemplates
@@ -129,8 +129,9 @@ def test_profiles_are_greedy_and_shown_the_latest_history():
     g = _RecordingGeneralist()
     users = [UserRecord(user_id="u1", profile={"age": 24}, history=HISTORY), UserRecord(user_id="u2")]
     spec = MemorySpec(profile_history_items=2, profile_max_new_tokens=40)
-    profiles, gens = write_profiles(g, _EchoTokenizer(), users, PromptTemplates(), spec, seed=3)
-    assert profiles == {"u1": "Loves thrillers #0."}  # a user without history gets none
+    rows = profile_rows(_EchoTokenizer(), users, PromptTemplates(), spec)
+    out = ProfileWriter(g, ProfileConfig(memory=spec, seed=3))(rows)
+    assert out == [{"user_id": "u1", "profile": "Loves thrillers #0.", "completion_tokens": 5}]  # u2: no history
     [(prompts, params)] = g.calls
     assert params.temperature == 0.0 and params.max_new_tokens == 40 and params.seed == 3
     assert "Sense and Sensibility" in prompts[0] and "Babe" in prompts[0] and "Heat" not in prompts[0]

@@ -65,13 +65,11 @@ def _write_profiles(ctx: StageContext, users: list) -> tuple[dict[str, str], dic
     """Profiles by the generalist on Serve, users spread over Ray Data workers (persisted in parts/)."""
     from prime_ray.distributed.batch import GeneralistMap, UsersFailed
     from prime_ray.distributed.serve import app_name
-    from prime_ray.memory.profiles import ProfileConfig, ProfileWriter, profile_prompt
+    from prime_ray.memory.profiles import ProfileConfig, ProfileWriter, profile_rows
     from prime_ray.models.loading import load_tokenizer
 
     spec = ctx.spec
-    tokenizer = load_tokenizer(spec.model)
-    rows = [{"user_id": u.user_id, "prompt": profile_prompt(tokenizer, u, spec.data.prompts, spec.memory)}
-            for u in users if u.history]
+    rows = profile_rows(load_tokenizer(spec.model), users, spec.data.prompts, spec.memory)
     config = ProfileConfig(memory=spec.memory, seed=spec.seed)
     started = time.perf_counter()
     # keep: the traces stage runs the same deployment next and takes the app over
