@@ -216,6 +216,8 @@ _kept: dict[str, GeneralistHandle] = {}
 
 def release_kept_apps() -> None:
     """Delete the apps kept for a next `GeneralistMap` (their replicas hold CPUs or GPUs)."""
+    if not ray.is_initialized():  # Ray is gone and the apps with it (Serve's calls would start a new Ray)
+        _kept.clear()
     while _kept:
         _, handle = _kept.popitem()
         stop_generalist(handle.app_name, wait=False)
@@ -224,7 +226,8 @@ def release_kept_apps() -> None:
 def end_serve() -> None:
     """Delete the kept apps, wait for the deleted apps to go, and shut Serve down if no app is left."""
     release_kept_apps()
-    stop_serve_when_idle()
+    if ray.is_initialized():
+        stop_serve_when_idle()
 
 
 class GeneralistMap:

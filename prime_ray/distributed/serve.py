@@ -39,7 +39,6 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
-from ray.serve.schema import ApplicationStatus
 
 from prime_ray.distributed.batching import GroupQueue
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, create_engine
@@ -345,23 +344,27 @@ def stop_generalist(app_name: str = "generalist", *, wait: bool = True) -> None:
     """
     try:
         serve.delete(app_name, _blocking=wait)
-        if wait and not serve.status().applications:
+        if not wait:
+            _deleting.add(app_name)
+        elif not serve.status().applications:
             serve.shutdown()
     except Exception as e:  # noqa: BLE001 - stopping must not hide the error that made us stop
         logger.warning("stopping the Serve app %r failed: %s", app_name, e)
 
 
+_deleting: set[str] = set()  # apps this process deleted without waiting
+
+
 def stop_serve_when_idle(timeout_s: float = 60.0) -> None:
-    """Wait (at most `timeout_s`) for the apps being deleted to go, then shut Serve down if no app is
-    left. A job's stages start Serve without its HTTP proxy: left running on a shared cluster, it
-    would keep a student deployed later from getting one."""
+    """Wait (at most `timeout_s`) for the apps this process deleted to go, then shut Serve down if no
+    app is left. A job's stages start Serve without its HTTP proxy: left running on a shared cluster,
+    it would keep a student deployed later from getting one."""
     try:
         deadline = time.monotonic() + timeout_s
-        while (apps := serve.status().applications) and time.monotonic() < deadline:
-            if any(a.status != ApplicationStatus.DELETING for a in apps.values()):
-                return  # someone else's app (another job's, a student): Serve stays
+        while _deleting & set(serve.status().applications) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not apps:
+        _deleting.clear()
+        if not serve.status().applications:  # another job's or a student's app keeps Serve running
             serve.shutdown()
     except Exception as e:  # noqa: BLE001 - as stop_generalist
         logger.warning("shutting Serve down failed: %s", e)

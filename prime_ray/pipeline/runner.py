@@ -222,22 +222,16 @@ class _RaySession:
         self.owned = ensure_ray(self.spec.resources, address=self.address) or self.owned
         self.used = True
 
-    def _connected(self) -> bool:
-        import ray
-
-        # Serve's calls would start a Ray of their own after `stop()`
-        return self.used and ray.is_initialized()
-
     def release_kept_apps(self) -> None:
         """Delete the Serve apps a stage kept running for the next one (`GeneralistMap(keep=True)`)."""
-        if self._connected():
+        if self.used:
             from prime_ray.distributed.batch import release_kept_apps
 
             release_kept_apps()
 
     def end_serve(self) -> None:
         """Delete the job's Serve apps and shut Serve down once none is left (see `batch.end_serve`)."""
-        if self._connected():
+        if self.used:
             from prime_ray.distributed.batch import end_serve
 
             end_serve()

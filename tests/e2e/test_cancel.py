@@ -37,8 +37,9 @@ def _spec(folder: Path) -> Path:
                  "split": {"held_out_users": 0.25}, "max_history": 5, "max_train_examples_per_user": 2},
         # No profiles: the memory stage then needs no Serve app (what is stopped here comes after it).
         "memory": {"profile": False, "top_k": 2},
-        # One user at a time and long traces: the traces stage lasts long enough to be stopped in.
-        "generalist": {"max_batch_size": 4, "max_concurrency": 1, "num_cpus_per_replica": 1},
+        # One user per call, one call at a time, long traces: after its first user the traces stage still
+        # has two calls to make, long enough to be stopped in.
+        "generalist": {"max_batch_size": 4, "rows_per_call": 2, "max_concurrency": 1, "num_cpus_per_replica": 1},
         "traces": {"samples_per_example": 2, "max_new_tokens": 48},
         "train": {"zero_stage": 2, "num_workers": 2, "num_cpus_per_worker": 1, "max_steps": 6, "learning_rate": 0.05,
                   "micro_batch_size": 1, "max_length": 256, "fast_thinking_baseline": True,
