@@ -2,9 +2,9 @@
 failing user isolated, resume after a crash mid-batch, and teardown when the driver is interrupted."""
 
 import json
-import time
 
 import pytest
+from waiting import wait_until
 
 from prime_ray.distributed import batch
 from prime_ray.distributed.batch import (
@@ -120,13 +120,6 @@ def _serve_controller_running() -> bool:
     return True
 
 
-def _wait_until(condition, timeout_s=60.0):
-    deadline = time.time() + timeout_s
-    while not condition() and time.time() < deadline:
-        time.sleep(0.2)
-    return condition()
-
-
 @pytest.mark.ray
 def test_a_kept_app_is_taken_over_by_the_same_deployment_and_released_for_another(ray_local, tmp_path, serve_ended):
     from ray import serve
@@ -145,9 +138,9 @@ def test_a_kept_app_is_taken_over_by_the_same_deployment_and_released_for_anothe
     other = spec.model_copy(update={"generalist": spec.generalist.model_copy(update={"max_batch_size": 4})})
     with GeneralistMap(other, app_name="kept-c") as g:
         assert g.app_name == "kept-c"
-        assert _wait_until(lambda: "kept-a" not in serve.status().applications)
+        assert wait_until(lambda: "kept-a" not in serve.status().applications, timeout=60)
     # not kept: deleted on exit; Serve itself runs on until the job's end (`end_serve`)
-    assert _wait_until(lambda: not serve.status().applications)
+    assert wait_until(lambda: not serve.status().applications, timeout=60)
     assert _serve_controller_running()
     batch.end_serve()
     assert not _serve_controller_running()
@@ -214,4 +207,4 @@ def test_failing_user_alone_resume_after_a_crash_mid_batch_and_teardown(ray_loca
         with pytest.raises(KeyboardInterrupt):
             g.map_users(_rows(users), AnswerUser, CONFIG, on_user_done=interrupt)
     # the app and the Data workers are gone: every CPU is free again
-    assert _wait_until(lambda: ray_local.available_resources().get("CPU", 0) == 2)
+    assert wait_until(lambda: ray_local.available_resources().get("CPU", 0) == 2, timeout=60)
