@@ -334,6 +334,9 @@ def start_generalist(spec: JobSpec, *, app_name: str = "generalist", adapter_pat
     return GeneralistHandle(handle, app_name)
 
 
+_deleting: set[str] = set()  # apps this process deleted without waiting (see stop_serve_when_idle)
+
+
 def stop_generalist(app_name: str = "generalist", *, wait: bool = True) -> None:
     """Delete the app (its replicas free their CPUs/GPUs).
 
@@ -350,9 +353,6 @@ def stop_generalist(app_name: str = "generalist", *, wait: bool = True) -> None:
             serve.shutdown()
     except Exception as e:  # noqa: BLE001 - stopping must not hide the error that made us stop
         logger.warning("stopping the Serve app %r failed: %s", app_name, e)
-
-
-_deleting: set[str] = set()  # apps this process deleted without waiting
 
 
 def stop_serve_when_idle(timeout_s: float = 60.0) -> None:
