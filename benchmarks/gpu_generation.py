@@ -12,7 +12,8 @@ Same model, prompts (personal-think prompts as the traces stage renders them) an
   transformers compiles).
 
 Each (path, batch) is timed after one warm-up call of the same shape (a first call compiles and
-allocates). Prints tokens/s per path and batch with the device's name; the last line is
+allocates). Prints tokens/s per path and batch with the device's name (and, on an accelerator, the
+timed call's peak allocated memory); the last line is
 `RATIO engine_vs_stock=<x>` at the largest batch.
 """
 
@@ -43,6 +44,13 @@ def device_name(device: str) -> str:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _peak_memory(device: str) -> str:
+    """Peak memory torch allocated on the accelerator since the last reset (blank on CPU)."""
+    if not device.startswith("cuda"):
+        return ""
+    return f"  peak {torch.cuda.max_memory_allocated(torch.device(device)) / 2**30:6.2f} GiB"
 
 
 def stock_generate(engine, prompts: list[str], params: SamplingParams) -> int:
@@ -93,11 +101,13 @@ def main() -> None:
         for name, run in paths.items():
             run()  # warm-up of the same shape: compilation and allocation are not timed
             _sync(engine.device)
+            if engine.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             tokens = run()
             _sync(engine.device)
             figures[name] = tokens / (time.perf_counter() - start)
-            print(f"batch {size:4d}  {name:6s} {figures[name]:10.1f} tok/s", flush=True)
+            print(f"batch {size:4d}  {name:6s} {figures[name]:10.1f} tok/s{_peak_memory(engine.device)}", flush=True)
         ratio = figures["engine"] / figures["stock"]
     print(f"RATIO engine_vs_stock={ratio:.2f}")
 
