@@ -14,8 +14,12 @@ alternating rounds:
 - **engine**: `HFEngine.generate` in this process on the same rationalization prompts (hint, memory,
   think-block opening) with the same params, `--batch-size` prompts per engine batch, the torch
   thread count the replica gets. Only the rationalizations: the stage's other steps are its overhead.
-- **synthesizer**: `TraceSynthesizer` in this process on that engine, no Ray: the stage's work without
-  its flow, so stage / synthesizer is what Serve and Ray Data cost (worker start-up included).
+- **synthesizer**: `TraceSynthesizer` in this process, no Ray, on an engine set as the replica's (the
+  spec's prefix cache): the stage's work without its flow, so stage / synthesizer is what Serve and Ray
+  Data cost (worker start-up included).
+
+The replica's and the synthesizer's prefix caches are emptied before each round, so no round finds
+the prompts of the one before.
 
 Each figure is its best round (the machine is shared: alternating rounds meet the same load). The
 last line is `RATIO stage_vs_engine=<x> stage_vs_synthesizer=<y>`.
@@ -98,11 +102,15 @@ def main() -> None:
                   f"{t.samples_per_example} trace(s) each, prompts of {mean_prompt / len(prompts):.0f} tokens, "
                   f"{t.max_new_tokens} new tokens, T {t.temperature}, batch {args.batch_size}, {threads} torch threads")
             engine.generate(prompts[:4], SamplingParams(max_new_tokens=4))  # warm-up: first-call allocations
+            # the synthesizer's engine is the replica's: with the spec's prefix cache, emptied before each round
+            synth_engine = create_engine(spec.model, device="cpu", max_batch_size=args.batch_size,
+                                         prefix_cache_mib=spec.generalist.prefix_cache_mib)
 
             runs: dict[str, list[float]] = {"stage": [], "engine": [], "synthesizer": []}
-            in_process = TraceSynthesizer(engine, config)
+            in_process = TraceSynthesizer(synth_engine, config)
             with GeneralistMap(spec, app_name="pipeline-throughput") as g:
                 for round_ in range(1, args.rounds + 1):
+                    g.handle.reset_prefix_cache()  # a round must not find the prompts of the one before
                     start = time.perf_counter()
                     out = g.map_users(rows, TraceSynthesizer, config).rows
                     seconds = time.perf_counter() - start
@@ -115,6 +123,8 @@ def main() -> None:
                     runs["engine"].append(sum(x.completion_tokens for x in gens) / seconds)
                     load_engine = Path("/proc/loadavg").read_text().split()[0]
 
+                    if synth_engine.prefix_cache is not None:
+                        synth_engine.prefix_cache.clear()
                     start = time.perf_counter()
                     out = in_process(rows)
                     runs["synthesizer"].append(sum(r["generated_tokens"] for r in out) / (time.perf_counter() - start))
@@ -123,6 +133,7 @@ def main() -> None:
                           f"engine {runs['engine'][-1]:.1f} tok/s (load {load_engine})  "
                           f"synthesizer {runs['synthesizer'][-1]:.1f} tok/s (load {load_synth})", flush=True)
                 sizes = g.handle.served_batch_sizes()
+                cache = g.handle.prefix_cache_stats()
         finally:
             ray.shutdown()
 
@@ -131,6 +142,9 @@ def main() -> None:
     print(f"engine in-process, full batch     : {engine_best:8.1f} tok/s (rationalizations only)")
     print(f"synthesizer in-process, no Ray    : {synth:8.1f} tok/s (the stage's work without its flow)")
     print(f"engine batch sizes served: max {max(sizes)}, mean {sum(sizes) / len(sizes):.1f}")
+    if cache:
+        print(f"the replica's prefix cache (last round): {cache['hit_tokens']} of {cache['queried_tokens']} prompt "
+              f"tokens found, {cache['bytes'] / 2**20:.0f} MiB held")
     print(f"/proc/loadavg at the end: {Path('/proc/loadavg').read_text().strip()}")
     print(f"RATIO stage_vs_engine={stage / engine_best:.2f} stage_vs_synthesizer={stage / synth:.2f}")
 

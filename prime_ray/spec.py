@@ -282,6 +282,14 @@ class GeneralistSpec(_Strict):
         "call up to this many, and each step of the work is sent for all of them at once. None: "
         "max_batch_size × replicas, so one worker's step alone fills every replica's batch.",
     )
+    prefix_cache_mib: int = Field(
+        1024,
+        ge=0,
+        description="Memory (MiB) of each `hf` replica for the KV of the sequences it generated, reused by later "
+        "prompts that start with the same tokens (automatic prefix caching: a hint-free prompt after its hinted "
+        "one, a forced answer after its thinking, one example's prompts in several eval modes). 0: off. The "
+        "`vllm` backend caches prefixes on its own.",
+    )
     cpu_threads: int | None = Field(
         None,
         gt=0,

@@ -305,8 +305,17 @@ class GeneralistMap:
         todo = [u for u in users if u not in done]
         if todo:
             self._run(users, todo, worker_cls, config, parts_dir, done, result.failures, on_user_done)
+            self._log_prefix_cache()
         result.rows = [row for u in users if u in done for row in done[u]]
         return result
+
+    def _log_prefix_cache(self) -> None:
+        assert self.handle is not None
+        stats = self.handle.prefix_cache_stats()
+        if stats and stats["queried_tokens"]:
+            logger.info("prefix cache of a replica, since it started: %d of %d prompt tokens found (%.0f %%), "
+                        "%.0f MiB held", stats["hit_tokens"], stats["queried_tokens"],
+                        100 * stats["hit_tokens"] / stats["queried_tokens"], stats["bytes"] / 2**20)
 
     def _run(self, users, todo, worker_cls, config, parts_dir, done, failures, on_user_done) -> None:
         g = self.spec.generalist

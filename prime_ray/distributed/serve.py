@@ -96,6 +96,7 @@ class Generalist:
         device: str = "auto",
         cpu_threads: int | None = None,
         adapters: dict[str, str] | None = None,
+        prefix_cache_mib: int = 0,
     ):
         self.cpu_threads = cpu_threads
         self.engine: GenerationEngine | None = create_engine(
@@ -105,6 +106,7 @@ class Generalist:
             adapter_path=adapter_path,
             adapters=adapters,
             max_batch_size=max_batch_size,
+            prefix_cache_mib=prefix_cache_mib,
         )
         self.max_batch_size = max_batch_size
         # One engine call at a time, each joining every waiting request of one (method, params, adapter):
@@ -159,6 +161,17 @@ class Generalist:
     def served_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
 
+    def prefix_cache_stats(self) -> dict[str, int] | None:
+        """The engine's prefix-cache counters since the replica started (None: no prefix cache)."""
+        cache = getattr(self.engine, "prefix_cache", None)
+        return dataclasses.asdict(cache.stats) | {"bytes": cache.nbytes} if cache is not None else None
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the engine's cached prefixes (a benchmark's rounds each start cold)."""
+        cache = getattr(self.engine, "prefix_cache", None)
+        if cache is not None:
+            cache.clear()
+
     async def __call__(self, request) -> dict[str, Any]:
         """HTTP: POST {"prompt": "...", "max_new_tokens": 64, "temperature": 0.7, ..., "adapter": null}."""
         body = await request.json()
@@ -212,6 +225,7 @@ def generalist_app(
         device,
         cpu_threads or generalist.cpu_threads or max(1, math.ceil(generalist.num_cpus_per_replica)),
         adapters,
+        generalist.prefix_cache_mib,
     )
 
 
@@ -300,6 +314,14 @@ class GeneralistHandle:
     def served_batch_sizes(self) -> list[int]:
         """Engine batch sizes one replica has run (which replica answers is Serve's choice)."""
         return self._handle.served_batch_sizes.remote().result()
+
+    def prefix_cache_stats(self) -> dict[str, int] | None:
+        """One replica's prefix-cache counters (`PrefixCacheStats` and `bytes` held), or None without one."""
+        return self._handle.prefix_cache_stats.remote().result()
+
+    def reset_prefix_cache(self) -> None:
+        """Empty one replica's prefix cache (every replica's, when there is one)."""
+        self._handle.reset_prefix_cache.remote().result()
 
 
 def replica_threads(spec: JobSpec) -> int:

@@ -83,9 +83,11 @@ def create_engine(
     adapter_path: str | None = None,
     adapters: Mapping[str, str | Path] | None = None,
     max_batch_size: int = 16,
+    prefix_cache_mib: int = 0,
 ) -> GenerationEngine:
     """Build an engine for `model`, optionally with a PEFT LoRA adapter applied (a trained student) and
-    named adapters that each call may choose (`generate(..., adapter=name)`).
+    named adapters that each call may choose (`generate(..., adapter=name)`). `prefix_cache_mib`: memory
+    for the KV of earlier sequences that later prompts start with (automatic prefix caching; 0: off).
 
     Raises ValueError for a backend that is neither registered nor a built-in one.
     """
@@ -95,4 +97,4 @@ def create_engine(
         known = sorted(set(ENGINES) | set(BUILTIN_BACKENDS))
         raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(known)}")
     return ENGINES[backend](model=model, device=device, adapter_path=adapter_path, adapters=adapters,
-                            max_batch_size=max_batch_size)
+                            max_batch_size=max_batch_size, prefix_cache_mib=prefix_cache_mib)

@@ -1,11 +1,14 @@
 """The transformers backend: batched generation with a KV cache, and batched log-likelihood scoring.
 
-- Generation left-pads each chunk of at most `max_batch_size` prompts (sorted by length, so a chunk
-  holds prompts of similar length; as few chunks as fit, of equal sizes) and calls `model.generate` with the static KV cache
-  (`fast_generation_kwargs`). Temperature 0 is
+- Generation left-pads each chunk of at most `max_batch_size` prompts (sorted by the tokens left to
+  compute, so a chunk holds prompts of similar cost; as few chunks as fit, of equal sizes) and calls
+  `model.generate` with the static KV cache (`fast_generation_kwargs`). Temperature 0 is
   greedy; otherwise sampling with `temperature`/`top_p` (no top-k), seeded once per call from
-  `params.seed` inside a forked RNG, so the same seed, prompts and batch give the same texts and the
-  caller's global RNG is left alone.
+  `params.seed` inside a forked RNG, so the same seed, prompts, batch and prefix-cache hits give the
+  same texts and the caller's global RNG is left alone.
+- Automatic prefix caching (`prefix_cache_mib` > 0, `engine/prefix_cache.py`): every generated
+  sequence's KV is kept in blocks; a later prompt (generated or scored) that starts with cached blocks
+  computes only the rest, on its prefix's KV.
 - A sequence ends at EOS or at a stop string; its text is cut right after the first stop string.
 - Scoring right-pads prompt + continuation, computes logits only at the positions that predict a
   continuation token, and sums the continuation tokens' log-probabilities. Rows of a call that share
@@ -25,10 +28,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from transformers import DynamicCache, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessorList, StaticCache
 
 from prime_ray.engine.adapters import MergedAdapters, check_adapter_dir
 from prime_ray.engine.base import Generation, GenerationEngine, SamplingParams, register_engine, require_tokens
+from prime_ray.engine.prefix_cache import PrefixCache
 from prime_ray.engine.sampling import NucleusSampling
 from prime_ray.models.loading import load_model
 from prime_ray.spec import ModelSpec
@@ -121,6 +125,22 @@ def _split_by_length(items: list[T], length: Callable[[T], int]) -> list[list[T]
     return [items[:cut], items[cut:]] if cut < n else [items]
 
 
+def _stack_prefixes(cached: list[tuple[int, torch.Tensor | None]],
+                    width: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Per-row cached prefixes (length, KV `[layers, 2, kv_heads, length, head_dim]`; length 0: none) as
+    one left-padded batch: keys and values per layer `[rows, kv_heads, width, head_dim]`, and the
+    attention mask `[rows, width]` (long, 1 on the cached positions)."""
+    first = next(kv for _, kv in cached if kv is not None)
+    layers, _, heads, _, dim = first.shape
+    stacked = first.new_zeros((layers, 2, len(cached), heads, width, dim))
+    mask = torch.zeros((len(cached), width), dtype=torch.long)
+    for r, (length, kv) in enumerate(cached):
+        if kv is not None:
+            stacked[:, :, r, :, width - length :] = kv
+            mask[r, width - length :] = 1
+    return list(stacked[:, 0]), list(stacked[:, 1]), mask
+
+
 @register_engine("hf")
 class HFEngine(GenerationEngine):
     """A Hugging Face causal LM, optionally with a PEFT LoRA adapter merged in and named adapters to choose per call."""
@@ -138,6 +158,7 @@ class HFEngine(GenerationEngine):
         adapter_path: str | None = None,
         adapters: Mapping[str, str | Path] | None = None,
         max_batch_size: int = 16,
+        prefix_cache_mib: int = 0,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -151,6 +172,9 @@ class HFEngine(GenerationEngine):
         self.adapters = self._adapters.names if self._adapters else ()
         self.eos_token_ids = _eos_ids(self.model, self.tokenizer)
         self.pad_token_id = self.tokenizer.pad_token_id
+        # Automatic prefix caching: the KV of generated sequences, for later calls' prompts that start the same
+        self.prefix_cache = (PrefixCache(prefix_cache_mib << 20, min_tokens=self.min_shared_prefix)
+                             if prefix_cache_mib > 0 and self._can_share_prefixes else None)
 
     # ------------------------------------------------------------------------------- generate
 
@@ -192,17 +216,22 @@ class HFEngine(GenerationEngine):
         """
         return {"cache_implementation": "static"}
 
-    def _finish(self, prompt_len: int, new_ids: list[int], params: SamplingParams) -> Generation:
-        """Text, token count and finish reason of one generated row (padding after its end dropped)."""
+    def _generated_length(self, new_ids: list[int]) -> tuple[int, bool]:
+        """How many of a row's generated ids are its own (through its EOS, or up to the padding that
+        follows a row stopped by a stop string while the others go on), and whether it ended on EOS."""
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(new_ids) if t in eos), None)
-        if end is None:  # a row stopped by a stop string is padded while the others go on
-            end = len(new_ids)
-            while end and new_ids[end - 1] == self.pad_token_id:
-                end -= 1
-            ids, hit_eos = new_ids[:end], False
-        else:
-            ids, hit_eos = new_ids[:end], True
+        if end is not None:
+            return end, True
+        end = len(new_ids)
+        while end and new_ids[end - 1] == self.pad_token_id:
+            end -= 1
+        return end, False
+
+    def _finish(self, prompt_len: int, new_ids: list[int], params: SamplingParams) -> Generation:
+        """Text, token count and finish reason of one generated row (padding after its end dropped)."""
+        end, hit_eos = self._generated_length(new_ids)
+        ids = new_ids[:end]
         text = self._decode(ids)
         cut = min((text.find(s) + len(s) for s in params.stop if s in text), default=None)
         if cut is not None:
@@ -241,19 +270,71 @@ class HFEngine(GenerationEngine):
             return []
         encoded = self._encode(prompts)
         require_tokens(encoded)
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        cached = [self._cached_prefix(ids, adapter) for ids in encoded]
+        # by the tokens left to compute, then by length: a chunk holds rows of like cost
+        order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]) - cached[i][0], len(encoded[i])))
         kwargs = self._generation_kwargs(params)
         results: dict[int, Generation] = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             for chunk in _chunks(order, self.max_batch_size):
-                ids, mask = self._left_pad([encoded[i] for i in chunk])
-                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-                new = out[:, ids.shape[1] :].tolist()
+                rows = [encoded[i] for i in chunk]
+                new = self._generate_rows(rows, [cached[i] for i in chunk], kwargs, adapter)
                 for row, index in enumerate(chunk):
                     results[index] = self._finish(len(encoded[index]), new[row], params)
         return [results[i] for i in range(len(prompts))]  # every index is in one chunk
+
+    def _cached_prefix(self, ids: list[int], adapter: str | None) -> tuple[int, torch.Tensor | None]:
+        return self.prefix_cache.lookup(adapter, ids) if self.prefix_cache is not None else (0, None)
+
+    def _generate_rows(self, rows: list[list[int]], cached: list[tuple[int, torch.Tensor | None]], kwargs: dict,
+                       adapter: str | None) -> list[list[int]]:
+        """`model.generate` on one chunk; the generated ids per row (padded to the longest).
+
+        Rows with a cached prefix (`cached`: its length and KV per row) compute only the rest of their
+        prompt: the prefixes, left-padded to the longest, fill the first positions of the static KV cache,
+        and the rest of each prompt follows, left-padded too, so every row's last prompt token is the last
+        input column. The padding between a short prefix and its rest is masked, and the position ids
+        `generate` derives from the attention mask skip it. The chunk's sequences then go to the cache.
+        """
+        width = max(length for length, _ in cached)
+        ids, mask = self._left_pad([row[length:] for row, (length, _) in zip(rows, cached)])
+        call = dict(kwargs)
+        if width:
+            keys, values, past_mask = _stack_prefixes(cached, width)
+            cache = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=width + ids.shape[1] + kwargs["max_new_tokens"])
+            for layer, (k, v) in enumerate(zip(keys, values)):
+                cache.update(k, v, layer)
+            ids = torch.cat([torch.full((len(rows), width), self.pad_token_id, dtype=torch.long, device=self.device), ids], 1)
+            for r, (row, (length, _)) in enumerate(zip(rows, cached)):
+                ids[r, width - length : width] = torch.tensor(row[:length])
+            mask = torch.cat([past_mask.to(self.device), mask], 1)
+            call.pop("cache_implementation", None)
+            call["cache"] = cache
+        out = self.model.generate(input_ids=ids, attention_mask=mask, return_dict_in_generate=True, **call)
+        new = out.sequences[:, ids.shape[1] :].tolist()
+        if self.prefix_cache is not None:
+            self._keep_prefixes(rows, new, mask, out.cache, adapter)
+        return new
+
+    def _keep_prefixes(self, rows: list[list[int]], new: list[list[int]], mask: torch.Tensor, cache,
+                       adapter: str | None) -> None:
+        """Each row's prompt and generated tokens, with their KV from the call's cache, into the prefix
+        cache. The last generated token was never fed back, so it has no KV and is left out."""
+        assert self.prefix_cache is not None
+        layers = cache.layers
+        width = mask.shape[1]
+        for r, (prompt, generated) in enumerate(zip(rows, new)):
+            fed = self._generated_length(generated)[0] - 1
+            positions = torch.cat([mask[r].nonzero().squeeze(1),
+                                   torch.arange(width, width + max(fed, 0), device=mask.device)])
+
+            def kv_of(start: int, end: int, r: int = r, positions: torch.Tensor = positions) -> torch.Tensor:
+                at = positions[start:end]
+                return torch.stack([torch.stack((layer.keys[r][:, at], layer.values[r][:, at])) for layer in layers])
+
+            self.prefix_cache.insert(adapter, prompt + generated[: max(fed, 0)], kv_of)
 
     # ---------------------------------------------------------------------------------- score
 
@@ -269,6 +350,12 @@ class HFEngine(GenerationEngine):
         require_tokens(heads)  # the first continuation token needs a prompt token to be predicted from
         scores = [0.0] * len(prompts)  # an empty continuation has log-likelihood 0
         scored = [i for i in range(len(prompts)) if tails[i]]
+        cached = {i: hit for i in scored if (hit := self._cached_prefix(heads[i], adapter))[0]}
+        scores_cached = self._score_cached(sorted(cached, key=lambda i: len(heads[i]) - cached[i][0] + len(tails[i])),
+                                           cached, heads, tails)
+        for index, value in scores_cached.items():
+            scores[index] = value
+        scored = [i for i in scored if i not in cached]
         if self._can_share_prefixes:
             groups = shared_prefix_groups([heads[i] for i in scored], self.max_batch_size, self.min_shared_prefix)
         else:
@@ -323,6 +410,27 @@ class HFEngine(GenerationEngine):
                 past=(cache, mask[group_of], torch.tensor(lengths, device=self.device)),
             )
             out.update(zip((i for _, i in batch), values))
+        return out
+
+    def _score_cached(self, order: list[int], cached: dict[int, tuple[int, torch.Tensor | None]],
+                      heads: list[list[int]], tails: list[list[int]]) -> dict[int, float]:
+        """Score the rows whose prompt starts with a cached prefix (`order`: by the tokens they compute):
+        each row's rest of prompt + continuation on its own prefix's KV."""
+        out: dict[int, float] = {}
+        for chunk in _chunks(order, self.max_batch_size):
+            for batch in _split_by_length(chunk, lambda i: len(heads[i]) - cached[i][0] + len(tails[i])):
+                hits = [cached[i] for i in batch]
+                width = max(length for length, _ in hits)
+                keys, values, past_mask = _stack_prefixes(hits, width)
+                cache = DynamicCache(ddp_cache_data=[(k.to(self.device), v.to(self.device)) for k, v in zip(keys, values)],
+                                     config=self.model.config)
+                values_ = self._score_rows(
+                    [heads[i][length:] + tails[i] for i, (length, _) in zip(batch, hits)],
+                    [len(heads[i]) - length for i, (length, _) in zip(batch, hits)],
+                    [tails[i] for i in batch],
+                    past=(cache, past_mask.to(self.device), torch.tensor([length for length, _ in hits], device=self.device)),
+                )
+                out.update(zip(batch, values_))
         return out
 
     def _score_rows(self, rows: list[list[int]], starts: list[int], tails: list[list[int]],

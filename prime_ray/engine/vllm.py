@@ -50,6 +50,7 @@ class VLLMEngine(GenerationEngine):
         adapter_path: str | None = None,
         adapters: Mapping[str, str | Path] | None = None,
         max_batch_size: int = 16,
+        prefix_cache_mib: int = 0,  # noqa: ARG002 - vLLM caches prefixes on its own (in its paged KV blocks)
     ):
         vllm, lora_request_cls = _import_vllm()
         if device not in ("auto", "cuda") and not device.startswith("cuda"):

@@ -109,6 +109,13 @@ def test_deployment_batches_requests_scores_and_frees_its_cpus(ray_local, tmp_pa
         scores = g.score([prompts[0], prompts[1], prompts[0]], [" 4", " 5", " 4"])
         student_scores = g.score(prompts[:2], [" 4", " 5"], adapter="student")
         batch_sizes = g.served_batch_sizes()
+        # the replica's prefix cache: a prompt that starts as an earlier sequence reads its KV
+        long_prompt = prompts[0] + "Past items: " + ", ".join(f"movie {i} -> 4" for i in range(12))
+        g.generate([long_prompt], greedy)
+        g.generate([long_prompt + " and more"], greedy)
+        cache_stats = g.prefix_cache_stats()
+        g.reset_prefix_cache()
+        emptied = g.prefix_cache_stats()
 
     merged = create_engine(spec.model, device="cpu", adapter_path=adapter)  # the student on its own
     assert [t.text for t in student_texts] == [t.text for t in merged.generate(prompts, greedy)]
@@ -120,6 +127,8 @@ def test_deployment_batches_requests_scores_and_frees_its_cpus(ray_local, tmp_pa
     assert len(texts) == 6 and all(t.prompt_tokens > 0 for t in texts)
     assert max(batch_sizes) > 1  # requests were batched
     assert all(s < 0 for s in scores) and scores[0] == pytest.approx(scores[2], abs=1e-3)
+    assert cache_stats["hit_tokens"] >= 32 and cache_stats["bytes"] > 0
+    assert emptied["bytes"] == 0
 
     deadline = time.time() + 30  # the app is gone and its replica's CPU is free for the next stage
     while ray_local.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
