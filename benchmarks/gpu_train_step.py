@@ -7,8 +7,9 @@ Qwen2-0.5B-shaped model in bf16. Prints tokens/s, peak memory and MFU.
 
 It uses the product's code for the step (collate_rows, and the training engine's plain-PyTorch
 backend: prime_loss, AdamW, clipping, the schedule), so what it measures is what a Ray Train worker
-runs per micro-batch minus DeepSpeed. Needs only torch,
-transformers, peft (no Ray, no DeepSpeed, no download: the weights are random).
+runs per micro-batch minus DeepSpeed's engine. Needs torch,
+transformers, peft and the deepspeed package (the training engine takes DeepSpeed's WarmupCosineLR, so
+both backends share one schedule); no Ray, no download: the weights are random.
 
 MFU = achieved FLOP/s over the card's dense bf16 peak. FLOPs per token of a LoRA step on a frozen
 base: 4·N (forward 2·N, backward through the frozen weights 2·N; N = weights in matrix products,
