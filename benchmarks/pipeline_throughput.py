@@ -143,8 +143,8 @@ def main() -> None:
     print(f"synthesizer in-process, no Ray    : {synth:8.1f} tok/s (the stage's work without its flow)")
     print(f"engine batch sizes served: max {max(sizes)}, mean {sum(sizes) / len(sizes):.1f}")
     if cache:
-        print(f"the replica's prefix cache (last round): {cache['hit_tokens']} of {cache['queried_tokens']} prompt "
-              f"tokens found, {cache['bytes'] / 2**20:.0f} MiB held")
+        print(f"the replica's prefix cache, all rounds: {cache['hit_tokens']} of {cache['queried_tokens']} prompt "
+              f"tokens found, {cache['bytes'] / 2**20:.0f} MiB held at the end")
     print(f"/proc/loadavg at the end: {Path('/proc/loadavg').read_text().strip()}")
     print(f"RATIO stage_vs_engine={stage / engine_best:.2f} stage_vs_synthesizer={stage / synth:.2f}")
 

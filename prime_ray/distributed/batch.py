@@ -196,6 +196,15 @@ class UserMapResult:
     rows: list[dict]  # every finished user's result rows, users in the order they first appear
     failures: dict[str, str] = field(default_factory=dict)  # user_id -> error, users that failed alone
     resumed: int = 0  # users read back from parts written by an earlier run
+    prefix_cache: dict[str, int] | None = None  # a replica's prefix-cache counters after the map (None: none)
+
+    def prefix_cache_line(self) -> str | None:
+        """The replica's prefix cache in words, for the stage's progress events (None without one)."""
+        stats = self.prefix_cache
+        if not stats or not stats["queried_tokens"]:
+            return None
+        return (f"prefix cache: {stats['hit_tokens']:,} of {stats['queried_tokens']:,} prompt tokens found "
+                f"({100 * stats['hit_tokens'] / stats['queried_tokens']:.0f} %), {stats['bytes'] / 2**20:.0f} MiB held")
 
 
 def users_per_call(rows_per_user: float, rows_per_call: int) -> int:
@@ -305,17 +314,9 @@ class GeneralistMap:
         todo = [u for u in users if u not in done]
         if todo:
             self._run(users, todo, worker_cls, config, parts_dir, done, result.failures, on_user_done)
-            self._log_prefix_cache()
+            result.prefix_cache = self.handle.prefix_cache_stats()
         result.rows = [row for u in users if u in done for row in done[u]]
         return result
-
-    def _log_prefix_cache(self) -> None:
-        assert self.handle is not None
-        stats = self.handle.prefix_cache_stats()
-        if stats and stats["queried_tokens"]:
-            logger.info("prefix cache of a replica, since it started: %d of %d prompt tokens found (%.0f %%), "
-                        "%.0f MiB held", stats["hit_tokens"], stats["queried_tokens"],
-                        100 * stats["hit_tokens"] / stats["queried_tokens"], stats["bytes"] / 2**20)
 
     def _run(self, users, todo, worker_cls, config, parts_dir, done, failures, on_user_done) -> None:
         g = self.spec.generalist

@@ -19,16 +19,6 @@ from prime_ray.spec import ModelSpec, PromptMode, PromptTemplates, RatingTask
 TINY = ModelSpec(name_or_path="tiny-test", dtype="float32")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from intra-op threads, and on a shared 2-core machine their
-    spin-waiting makes each step many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def engine():
     engine = create_engine(TINY, device="cpu", max_batch_size=2)

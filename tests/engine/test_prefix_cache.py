@@ -79,14 +79,6 @@ def test_kv_of_the_wrong_length_is_refused():
 # ------------------------------------------------------------------------------------ the engine
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def engines():
     """The same model with and without a prefix cache; batches of 2, so calls have several chunks."""

@@ -131,3 +131,6 @@ def test_memory_and_traces_stages_and_resume_after_a_crash(ray_local, tmp_path, 
     # progress events as shards finished, in the second run: users 2 and 3 of 3
     progress = [e for _, e in read_events(job / "events.jsonl") if e.kind == "progress" and e.stage == "traces"]
     assert [(e.done, e.total) for e in progress[-2:]] == [(2, 3), (3, 3)]
+    # the replica's prefix cache found the hint-free prompts' openings (their hinted prompts came first)
+    logs = [e.message or "" for _, e in read_events(job / "events.jsonl") if e.kind == "log" and e.stage == "traces"]
+    assert any(m.startswith("prefix cache: ") and not m.startswith("prefix cache: 0 of") for m in logs)

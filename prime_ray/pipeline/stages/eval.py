@@ -160,6 +160,8 @@ class EvalStage(Stage):
                                  on_user_done=lambda user_id, out, *_: progress.advance(len(out)))
         if result.failures:
             raise UsersFailed(result.failures)  # a report missing some users' answers would be biased
+        if line := result.prefix_cache_line():
+            ctx.progress.info(line)
         return {(r["mode"], r["example_id"]): Generated(**r) for r in result.rows}
 
 

@@ -61,6 +61,8 @@ class TracesStage(Stage):
         seconds = time.perf_counter() - started
         for user_id, error in result.failures.items():
             ctx.progress.info(f"user {user_id} failed, no traces: {error}")
+        if line := result.prefix_cache_line():
+            ctx.progress.info(line)
         write_traces(ctx.out_dir / TRACES_FILE, result.rows)
 
         counts, metrics = trace_stats(result.rows, spec.data.task, spec.traces.filters)
