@@ -306,9 +306,8 @@ class HFEngine(GenerationEngine):
             cache = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=width + ids.shape[1] + kwargs["max_new_tokens"])
             for layer, (k, v) in enumerate(zip(keys, values)):
                 cache.update(k, v, layer)
-            ids = torch.cat([torch.full((len(rows), width), self.pad_token_id, dtype=torch.long, device=self.device), ids], 1)
-            for r, (row, (length, _)) in enumerate(zip(rows, cached)):
-                ids[r, width - length : width] = torch.tensor(row[:length])
+            prefix_ids, _ = self._left_pad([row[:length] for row, (length, _) in zip(rows, cached)])
+            ids = torch.cat([prefix_ids, ids], 1)
             mask = torch.cat([past_mask.to(self.device), mask], 1)
             call.pop("cache_implementation", None)
             call["cache"] = cache
@@ -326,15 +325,14 @@ class HFEngine(GenerationEngine):
         layers = cache.layers
         width = mask.shape[1]
         for r, (prompt, generated) in enumerate(zip(rows, new)):
-            fed = self._generated_length(generated)[0] - 1
-            positions = torch.cat([mask[r].nonzero().squeeze(1),
-                                   torch.arange(width, width + max(fed, 0), device=mask.device)])
+            fed = max(self._generated_length(generated)[0] - 1, 0)
+            positions = torch.cat([mask[r].nonzero().squeeze(1), torch.arange(width, width + fed, device=mask.device)])
 
             def kv_of(start: int, end: int, r: int = r, positions: torch.Tensor = positions) -> torch.Tensor:
                 at = positions[start:end]
                 return torch.stack([torch.stack((layer.keys[r][:, at], layer.values[r][:, at])) for layer in layers])
 
-            self.prefix_cache.insert(adapter, prompt + generated[: max(fed, 0)], kv_of)
+            self.prefix_cache.insert(adapter, prompt + generated[:fed], kv_of)
 
     # ---------------------------------------------------------------------------------- score
 
@@ -351,9 +349,7 @@ class HFEngine(GenerationEngine):
         scores = [0.0] * len(prompts)  # an empty continuation has log-likelihood 0
         scored = [i for i in range(len(prompts)) if tails[i]]
         cached = {i: hit for i in scored if (hit := self._cached_prefix(heads[i], adapter))[0]}
-        scores_cached = self._score_cached(sorted(cached, key=lambda i: len(heads[i]) - cached[i][0] + len(tails[i])),
-                                           cached, heads, tails)
-        for index, value in scores_cached.items():
+        for index, value in self._score_cached(cached, heads, tails).items():
             scores[index] = value
         scored = [i for i in scored if i not in cached]
         if self._can_share_prefixes:
@@ -412,13 +408,17 @@ class HFEngine(GenerationEngine):
             out.update(zip((i for _, i in batch), values))
         return out
 
-    def _score_cached(self, order: list[int], cached: dict[int, tuple[int, torch.Tensor | None]],
+    def _score_cached(self, cached: dict[int, tuple[int, torch.Tensor | None]],
                       heads: list[list[int]], tails: list[list[int]]) -> dict[int, float]:
-        """Score the rows whose prompt starts with a cached prefix (`order`: by the tokens they compute):
-        each row's rest of prompt + continuation on its own prefix's KV."""
+        """Score the rows whose prompt starts with a cached prefix (`cached`: row -> its length and KV),
+        each row's rest of prompt + continuation on its own prefix's KV, in chunks of like cost."""
+
+        def own_tokens(i: int) -> int:  # what a row computes after its cached prefix
+            return len(heads[i]) - cached[i][0] + len(tails[i])
+
         out: dict[int, float] = {}
-        for chunk in _chunks(order, self.max_batch_size):
-            for batch in _split_by_length(chunk, lambda i: len(heads[i]) - cached[i][0] + len(tails[i])):
+        for chunk in _chunks(sorted(cached, key=own_tokens), self.max_batch_size):
+            for batch in _split_by_length(chunk, own_tokens):
                 hits = [cached[i] for i in batch]
                 width = max(length for length, _ in hits)
                 keys, values, past_mask = _stack_prefixes(hits, width)
