@@ -168,6 +168,7 @@ class HFEngine(GenerationEngine):
         self.model, self.tokenizer = load_model(model, device=self.device)
         if adapter_path is not None:
             self.model = _apply_adapter(self.model, adapter_path)
+        _contiguous_head_input(self.model)
         self._adapters = MergedAdapters(self.model, adapters) if adapters else None
         self.adapters = self._adapters.names if self._adapters else ()
         self.eos_token_ids = _eos_ids(self.model, self.tokenizer)
@@ -468,6 +469,22 @@ class HFEngine(GenerationEngine):
         del self.model
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+def _contiguous_head_input(model) -> None:
+    """Feed the output projection (`lm_head`) a contiguous input.
+
+    A prefill asks for the logits of the last position only (`generate` passes `logits_to_keep=1`),
+    so the model projects `hidden_states[:, -1:, :]`, a strided view `[rows, 1, hidden]`. A bias-free
+    `nn.Linear` hands that to `torch.matmul`, which cannot fold the view into one matrix product and
+    goes through `bmm`; on CPU, `bmm` copies the broadcast `[hidden, vocab]` weight once per row
+    (pytorch/pytorch#151934). For SmolLM2-135M in bfloat16 that is 57 MB per row: about 0.9 GB written
+    per prefill of 16 rows, and a 32-row prefill took 11-12 s with it against 7.4-7.6 s without it on 2
+    cores of an AMD EPYC (Zen 4). Copying the `[rows, 1, hidden]` input instead costs nothing.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
 
 
 def _apply_adapter(model, adapter_path: str):

@@ -47,6 +47,20 @@ def test_greedy_is_deterministic_and_counts_tokens(engine, prompts):
     assert engine.generate([], params) == []
 
 
+def test_output_projection_gets_a_contiguous_input(engine, prompts):
+    """A prefill's last-position slice reaches `lm_head` contiguous (a strided one makes CPU `bmm`
+    copy the vocabulary weight once per row), and generation and scoring still agree with themselves."""
+    seen: list[bool] = []
+    hook = engine.model.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: seen.append(args[0].is_contiguous()))
+    try:
+        engine.generate(prompts[:2], SamplingParams(max_new_tokens=3))  # rows of two lengths: padded
+        engine.score(prompts[:2], ["Answer: 4", "Answer: 5"])
+    finally:
+        hook.remove()
+    assert seen and all(seen)
+
+
 def test_chunks_are_as_few_as_fit_and_of_equal_sizes():
     sizes = {n: [len(c) for c in _chunks(list(range(n)), 16)] for n in (0, 1, 16, 17, 28, 40)}
     assert sizes == {0: [], 1: [1], 16: [16], 17: [9, 8], 28: [14, 14], 40: [14, 13, 13]}
