@@ -140,7 +140,12 @@ class AnswerUser:
     are sent as one batched call per (adapter, kind): the direct-mode rows with the task's answer
     budget (at most `max_new_tokens`, as trace synthesis answers directly), the think-mode rows with
     `max_new_tokens` — a direct answer needs a few tokens, and a batch decodes as many steps as its
-    longest row. A generalist with `generate_groups` (the Serve handle) gets them all at once.
+    longest row. A generalist with `generate_groups` (the Serve handle) gets a phase's groups at once.
+    The direct rows go first and the think rows after them: a think prompt agrees with its example's
+    direct prompt up to the last instruction, so the think rows then find most of their prompt in the
+    engine's prefix cache. Sent together, a replica serving two workers ran one worker's think rows
+    before the other's direct rows (oldest request first), and a chunk of rows with and without a
+    cached prefix is as wide as both (measured: 13.6 s against 9.6 s for 14 think rows, 96 steps).
 
     For ranking tasks the answer is parsed here (after forcing), so the candidates can be scored as
     continuations of the model's own reasoning (`completion_text(candidate, trace)`): the trace is the
@@ -184,13 +189,17 @@ class AnswerUser:
     def __call__(self, rows: list[dict]) -> list[dict]:
         # Think modes start inside the think block: the prefix is generated from, and read with the text.
         think = [_is_think(row) for row in rows]
-        generations = self._generate([r["prompt"] + r.get("prefix", "") for r in rows],
-                                     [self.params if t else self.direct_params for t in think],
-                                     [r.get("adapter") for r in rows])
+        generations: dict[int, Generation] = {}
+        for phase in (False, True):  # the direct rows first, then the think rows (see the class docstring)
+            idx = [i for i, t in enumerate(think) if t is phase]
+            if idx:
+                generations.update(zip(idx, self._generate([rows[i]["prompt"] + rows[i].get("prefix", "") for i in idx],
+                                                           [self.params if phase else self.direct_params] * len(idx),
+                                                           [rows[i].get("adapter") for i in idx])))
         out = [{"user_id": row["user_id"], "mode": row.get("mode", ""), "example_id": row["example_id"],
                 "text": row.get("prefix", "") + gen.text, "completion_tokens": gen.completion_tokens,
                 "finish_reason": gen.finish_reason, "scores": None, "forced": False, "forced_text": None}
-               for row, gen in zip(rows, generations)]
+               for row, gen in zip(rows, (generations[i] for i in range(len(rows))))]
         if self.force_answer:
             self._force(rows, out, think)
         if self.task.kind == "ranking":

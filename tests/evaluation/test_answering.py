@@ -172,10 +172,10 @@ def test_direct_rows_decode_with_the_answer_budget_and_think_rows_with_max_new_t
                        (think, SamplingParams(max_new_tokens=96, temperature=0.5, seed=7))]
     assert [(r["example_id"], r["mode"], r["text"]) for r in out] == [
         (r["example_id"], r["mode"], r["prefix"] + outputs[r["prompt"] + r["prefix"]][0]) for r in rows]
-    # a budget below the answer budget bounds direct rows too: both kinds then decode alike, in one call
+    # a budget below the answer budget bounds direct rows too; the direct rows still go first
     g = ScriptedGeneralist(outputs)
     _worker(g, max_new_tokens=4)(rows)
-    assert [(len(prompts), params.max_new_tokens) for prompts, params in g.calls] == [(4, 4)]
+    assert [(prompts, params.max_new_tokens) for prompts, params in g.calls] == [(direct, 4), (think, 4)]
     # a call without think rows sends one call
     g = ScriptedGeneralist(outputs)
     _worker(g)([r for r in rows if r["mode"] == DIRECT.value])
@@ -195,11 +195,15 @@ class GroupingGeneralist(ScriptedGeneralist):
                 for prompts, _, _ in groups]
 
 
-def test_a_generalist_that_takes_groups_gets_the_direct_and_think_rows_at_once():
+def test_a_generalist_that_takes_groups_gets_every_models_direct_rows_at_once_then_their_think_rows():
+    """Each think prompt extends its example's direct prompt: sent after them, it finds them in the
+    engine's prefix cache."""
     rows, outputs = _mixed(["u0", "u1"])
+    rows += [r | {"adapter": "prime"} for r in rows]
     g = GroupingGeneralist(outputs)
     out = _worker(g)(rows)
-    assert g.calls == [] and [[params.max_new_tokens for _, params, _ in group] for group in g.grouped] == [[8, 96]]
+    assert g.calls == [] and [[(params.max_new_tokens, adapter) for _, params, adapter in group]
+                              for group in g.grouped] == [[(8, None), (8, "prime")], [(96, None), (96, "prime")]]
     assert [r["text"] for r in out] == [r["prefix"] + outputs[r["prompt"] + r["prefix"]][0] for r in rows]
 
 
@@ -215,9 +219,9 @@ def test_each_row_is_answered_scored_and_forced_by_its_own_models_adapter():
                             "P-fast|": ("Answer: stay late", 3, "stop")},
                            scores={"go home": -1.0, "stay late": -2.0})
     out = _worker(g, task=task)(rows)
-    # generation: one call per (params, adapter), in the order the rows first need them; then the forcing
+    # generation: one call per (params, adapter), the direct rows' before the think rows'; then the forcing
     assert [(prompts, adapter) for (prompts, _), adapter in zip(g.calls, g.adapters)] == [
-        (["P-None|"], None), ([think], "prime"), (["P-prime|"], "prime"), (["P-fast|"], "fast"), ([forced], "prime")]
+        (["P-None|"], None), (["P-prime|"], "prime"), (["P-fast|"], "fast"), ([think], "prime"), ([forced], "prime")]
     assert g.adapters[5:] == [None, "prime", "prime", "fast"]  # each row's candidates scored by its own model
     assert [r["forced_text"] for r in out] == [None, " stay late", None, None]
     assert [AnswerUser.batch_key(r) for r in rows] == [(None, False), ("prime", True), ("prime", False), ("fast", False)]
