@@ -193,9 +193,9 @@ class AnswerUser:
         for phase in (False, True):  # the direct rows first, then the think rows (see the class docstring)
             idx = [i for i, t in enumerate(think) if t is phase]
             if idx:
-                generations.update(zip(idx, self._generate([rows[i]["prompt"] + rows[i].get("prefix", "") for i in idx],
-                                                           [self.params if phase else self.direct_params] * len(idx),
-                                                           [rows[i].get("adapter") for i in idx])))
+                prompts = [rows[i]["prompt"] + rows[i].get("prefix", "") for i in idx]
+                params = [self.params if phase else self.direct_params] * len(idx)
+                generations.update(zip(idx, self._generate(prompts, params, [rows[i].get("adapter") for i in idx])))
         out = [{"user_id": row["user_id"], "mode": row.get("mode", ""), "example_id": row["example_id"],
                 "text": row.get("prefix", "") + gen.text, "completion_tokens": gen.completion_tokens,
                 "finish_reason": gen.finish_reason, "scores": None, "forced": False, "forced_text": None}

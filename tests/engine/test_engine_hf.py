@@ -48,8 +48,8 @@ def test_greedy_is_deterministic_and_counts_tokens(engine, prompts):
 
 
 def test_output_projection_gets_a_contiguous_input(engine, prompts):
-    """A prefill's last-position slice reaches `lm_head` contiguous (a strided one makes CPU `bmm`
-    copy the vocabulary weight once per row), and generation and scoring still agree with themselves."""
+    """A prefill's last-position slice reaches `lm_head` contiguous, in generation and scoring alike
+    (a strided one makes CPU `bmm` copy the vocabulary weight once per row)."""
     seen: list[bool] = []
     hook = engine.model.get_output_embeddings().register_forward_pre_hook(
         lambda _module, args: seen.append(args[0].is_contiguous()))
